@@ -1,0 +1,147 @@
+"""Attention masks. Convention: True (or 1) means "this query may attend to this key".
+
+Masks broadcast to the score shape (..., T, S): (T, S), (B, T, S), (B, 1, S) or
+(B, H, T, S). A rank-3 mask used with rank-4 scores (B, H, T, S) gets a head axis, as in
+tf.keras.layers.MultiHeadAttention.
+"""
+import tensorflow as tf
+
+from attnlab.ops.validation import shape_str
+
+
+def padding_mask(ids, pad_id=0):
+    """Key mask that hides padding tokens.
+
+    Args:
+        ids: integer token ids, (B, S).
+        pad_id: the id used for padding.
+
+    Returns:
+        bool (B, 1, S): True where the key is a real token; broadcasts over queries.
+
+    Example:
+        >>> padding_mask([[5, 7, 0]]).numpy().tolist()
+        [[[True, True, False]]]
+    """
+    ids = tf.convert_to_tensor(ids)
+    if ids.dtype.is_floating or ids.dtype == tf.bool:
+        raise TypeError("padding_mask expects integer token ids, got dtype %s" % ids.dtype.name)
+    if ids.shape.rank is not None and ids.shape.rank != 2:
+        raise ValueError("padding_mask expects ids of shape (batch, length), got %s"
+                         % shape_str(ids))
+    return tf.not_equal(ids, tf.cast(pad_id, ids.dtype))[:, tf.newaxis, :]
+
+
+def causal_mask(query_length, key_length=None, offset=0):
+    """Lower-triangular mask: query i may attend key j when j <= i + offset.
+
+    Args:
+        query_length: T, number of queries.
+        key_length: S, number of keys (default T).
+        offset: absolute position of the first query; with a KV cache the new queries
+            start after the `offset` cached keys.
+
+    Returns:
+        bool (T, S).
+
+    Example:
+        >>> causal_mask(2, 3, offset=1).numpy().astype(int).tolist()
+        [[1, 1, 0], [1, 1, 1]]
+    """
+    if key_length is None:
+        key_length = query_length
+    for name, n in (("query_length", query_length), ("key_length", key_length)):
+        if isinstance(n, int) and n < 0:
+            raise ValueError("causal_mask: %s must be >= 0, got %d" % (name, n))
+    rows = tf.range(query_length)[:, tf.newaxis] + tf.cast(offset, tf.int32)
+    cols = tf.range(key_length)[tf.newaxis, :]
+    return cols <= rows
+
+
+def band_mask(query_length, key_length=None, window=1, causal=False, offset=0):
+    """Local mask: query i may attend key j when |i + offset - j| <= window.
+
+    With `causal=True` only the `window` keys before the query and the query's own key
+    are visible. This is the full-attention equivalent of `local_attention`.
+
+    Returns:
+        bool (T, S).
+    """
+    if key_length is None:
+        key_length = query_length
+    rows = tf.range(query_length)[:, tf.newaxis] + tf.cast(offset, tf.int32)
+    cols = tf.range(key_length)[tf.newaxis, :]
+    distance = rows - cols
+    if causal:
+        return (distance >= 0) & (distance <= window)
+    return tf.abs(distance) <= window
+
+
+def as_bool_mask(mask):
+    """A mask as a bool tensor: nonzero (or True) means may attend."""
+    mask = tf.convert_to_tensor(mask)
+    if mask.dtype == tf.bool:
+        return mask
+    return tf.not_equal(mask, tf.zeros([], mask.dtype))
+
+
+def combine_masks(*masks):
+    """Logical AND of masks that broadcast together; None entries are ignored.
+
+    Returns:
+        A bool mask, or None when every argument is None.
+
+    Example:
+        >>> m = combine_masks(padding_mask([[1, 2, 0]]), causal_mask(3))
+        >>> m.shape
+        TensorShape([1, 3, 3])
+    """
+    result = None
+    for mask in masks:
+        if mask is None:
+            continue
+        mask = as_bool_mask(mask)
+        if result is None:
+            result = mask
+            continue
+        if result.shape.rank is not None and mask.shape.rank is not None:
+            try:
+                tf.broadcast_static_shape(result.shape, mask.shape)
+            except ValueError:
+                raise ValueError("combine_masks: masks of shapes %s and %s do not broadcast"
+                                 % (shape_str(result), shape_str(mask))) from None
+        result = tf.logical_and(result, mask)
+    return result
+
+
+def align_mask(mask, scores_shape):
+    """Give a mask the rank of the scores it applies to and check that it broadcasts.
+
+    Args:
+        mask: bool or 0/1 mask of rank 2 (T, S), rank(scores) - 1 for rank-4 scores
+            ((B, T, S), gets a head axis) or rank(scores).
+        scores_shape: the static TensorShape of the scores (..., T, S).
+
+    Returns:
+        bool mask with rank(scores) dimensions.
+    """
+    mask = as_bool_mask(mask)
+    rank = scores_shape.rank
+    if mask.shape.rank is None or rank is None:
+        return mask
+    if mask.shape.rank == 2 and rank > 2:
+        for _ in range(rank - 2):
+            mask = mask[tf.newaxis]
+    elif mask.shape.rank == rank - 1 and rank == 4:
+        mask = mask[:, tf.newaxis]
+    if mask.shape.rank != rank:
+        raise ValueError(
+            "attention mask of shape %s cannot be used with scores of shape %s: expected "
+            "(T, S), (B, T, S) or (B, H, T, S)-like shapes that broadcast"
+            % (shape_str(mask), str(tuple(scores_shape.as_list()))))
+    for m, s in zip(mask.shape.as_list(), scores_shape.as_list()):
+        if m is not None and s is not None and m not in (1, s):
+            raise ValueError(
+                "attention mask of shape %s does not broadcast to scores of shape %s"
+                % (shape_str(mask), str(tuple(scores_shape.as_list()))))
+    return mask
