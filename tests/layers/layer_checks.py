@@ -58,7 +58,7 @@ def check_config_round_trip(layer_cls, init_kwargs, inputs, call_kwargs=None):
     layer = layer_cls(**init_kwargs)
     model = build_model(layer, inputs, call_kwargs)
     config = layer.get_config()
-    for key, value in init_kwargs.items():
+    for key in init_kwargs:
         assert key in config, "%s.get_config() lacks constructor argument %r" % (
             layer_cls.__name__, key)
     clone = layer_cls.from_config(config)
