@@ -1,0 +1,94 @@
+"""Rotary position embedding, RoPE (Su et al. 2021, "RoFormer")."""
+import math
+
+import tensorflow as tf
+
+from attnlab.layers.positional._positions import checked_start_index, sequence_length
+from attnlab.ops.validation import check_floating, shape_str
+
+
+@tf.keras.utils.register_keras_serializable(package="attnlab")
+class RotaryEmbedding(tf.keras.layers.Layer):
+    """Rotates query/key features by angles proportional to their positions.
+
+    Feature pairs (x_i, x_{i + d/2}), i < d/2, are rotated by the angle
+    theta_i * p / scaling_factor with theta_i = max_wavelength^(-2i/d) (the "rotate half"
+    pairing of GPT-NeoX and keras-nlp; the paper pairs neighbours, which is the same up to
+    a fixed permutation of features). Because rotations compose, the dot product of a
+    rotated query at position m and a rotated key at position n depends only on m - n.
+    The rotation runs in float32 and the result is cast back to the compute dtype.
+
+    Args:
+        max_wavelength: the largest wavelength (10000 in the paper).
+        scaling_factor: positions are divided by it (> 1 stretches the context, as in
+            linear position interpolation).
+
+    Call args:
+        inputs: (B, T, d) or (B, T, H, d) queries or keys; d must be even.
+        start_index: position of the first token (scalar), for cached decoding.
+
+    Returns:
+        The rotated inputs, same shape.
+
+    Example:
+        >>> q = tf.random.normal([2, 5, 4, 8])   # (B, T, H, d)
+        >>> RotaryEmbedding()(q, start_index=3).shape
+        TensorShape([2, 5, 4, 8])
+    """
+
+    def __init__(self, max_wavelength=10000, scaling_factor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        for name, value, low in (("max_wavelength", max_wavelength, 1.0),
+                                 ("scaling_factor", scaling_factor, 0.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= low:
+                raise ValueError("%s must be a number > %g, got %r" % (name, low, value))
+        self.max_wavelength = max_wavelength
+        self.scaling_factor = float(scaling_factor)
+        self.supports_masking = True
+
+    def _check_shape(self, shape):
+        shape = tf.TensorShape(shape)
+        if shape.rank is not None and shape.rank not in (3, 4):
+            raise ValueError("RotaryEmbedding expects inputs (B, T, d) or (B, T, H, d), got "
+                             "shape %s" % str(tuple(shape.as_list())))
+        if shape.rank is not None and shape[-1] is not None and shape[-1] % 2:
+            raise ValueError("RotaryEmbedding needs an even feature depth d to form rotation "
+                             "pairs, got d=%d (shape %s)" % (shape[-1], tuple(shape.as_list())))
+
+    def build(self, input_shape):
+        self._check_shape(input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs, start_index=0):
+        check_floating("inputs", inputs)
+        self._check_shape(inputs.shape)
+        if inputs.shape[-1] is None:
+            raise ValueError("RotaryEmbedding needs a known feature depth, got shape %s"
+                             % shape_str(inputs))
+        half = inputs.shape[-1] // 2
+        length = sequence_length(inputs, 1)
+        start, checks = checked_start_index(start_index, length, None, "RotaryEmbedding")
+        with tf.control_dependencies(checks):
+            positions = tf.cast(tf.range(length) + start, tf.float32) / self.scaling_factor
+        exponent = tf.range(half, dtype=tf.float32) * (2.0 / (2 * half))
+        inverse_frequency = tf.exp(-math.log(float(self.max_wavelength)) * exponent)
+        angles = positions[:, tf.newaxis] * inverse_frequency[tf.newaxis, :]   # (T, d/2)
+        if inputs.shape.rank == 4:
+            angles = angles[:, tf.newaxis, :]   # (T, 1, d/2): same angle for every head
+        cos, sin = tf.cos(angles), tf.sin(angles)
+        x = tf.cast(inputs, tf.float32)
+        x1, x2 = x[..., :half], x[..., half:]
+        rotated = tf.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+        return tf.cast(rotated, inputs.dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"max_wavelength": self.max_wavelength,
+                       "scaling_factor": self.scaling_factor})
+        return config
