@@ -1,0 +1,4 @@
+"""Deterministic, offline tasks made for attention: dates, copy/reverse/sort, triggers, digits."""
+from attnlab.data.registry import TASKS, make_task
+
+__all__ = ["TASKS", "make_task"]
