@@ -1,0 +1,5 @@
+# /etc/profile.d/attnlab-env.sh: login shells (ssh, tmux) get the container's environment
+# back after /etc/profile has reset PATH. The entrypoint writes the file at every start.
+if [ -r /var/lib/attnlab/run/env.sh ]; then
+  . /var/lib/attnlab/run/env.sh
+fi
