@@ -1,0 +1,288 @@
+"""chunked_attention against the float64 NumPy reference and the full scaled_dot_product op."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnlab.ops.chunked import chunked_attention
+from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
+from tests import reference
+
+
+def _inputs(lead, t, s, d=4, dv=3, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=lead + (t, d)).astype(dtype)
+    k = rng.normal(size=lead + (s, d)).astype(dtype)
+    v = rng.normal(size=lead + (s, dv)).astype(dtype)
+    return q, k, v
+
+
+def _reference_mask(mask, causal, t, s, offset=None):
+    """The full float64-reference mask: user mask AND causal (aligned to the end)."""
+    visible = np.ones((t, s), bool)
+    if causal:
+        visible &= reference.causal(t, s, s - t if offset is None else offset)
+    if mask is not None:
+        visible = np.asarray(mask, bool) & visible
+    return visible
+
+
+def _make_mask(kind, rng, lead, t, s):
+    batch = lead[0]
+    if kind == "none":
+        return None
+    if kind == "padding":  # (B, 1, S) for rank 3, (B, 1, 1, S) for rank 4
+        lengths = rng.integers(0, s + 1, size=batch)
+        keep = np.arange(s)[None, :] < lengths[:, None]
+        return keep.reshape((batch,) + (1,) * (len(lead) - 1) + (1, s))
+    if kind == "full":  # (B, T, S); gets a head axis for rank-4 inputs
+        return rng.random((batch, t, s)) > 0.4
+    raise AssertionError(kind)
+
+
+def _reference_with_heads(mask, lead):
+    """A (B, T, S) mask used with (B, H, T, d) inputs applies to every head."""
+    if mask is not None and mask.ndim == 3 and len(lead) == 2:
+        return mask[:, None]
+    return mask
+
+
+@settings(max_examples=25)
+@given(rank=st.sampled_from([3, 4]), t=st.integers(1, 11), s=st.integers(1, 11),
+       query_chunk=st.integers(1, 6), key_chunk=st.integers(1, 6), causal=st.booleans(),
+       mask_kind=st.sampled_from(["none", "padding", "full"]), seed=st.integers(0, 99))
+def test_matches_reference_and_full_attention(rank, t, s, query_chunk, key_chunk, causal,
+                                               mask_kind, seed):
+    lead = (2,) if rank == 3 else (2, 2)
+    q, k, v = _inputs(lead, t, s, seed=seed)
+    mask = _make_mask(mask_kind, np.random.default_rng(seed), lead, t, s)
+    out = chunked_attention(q, k, v, mask=mask, causal=causal, query_chunk_size=query_chunk,
+                            key_chunk_size=key_chunk)
+    assert out.shape == lead + (t, 3)
+    expected, _ = reference.attention(
+        q, k, v, _reference_mask(_reference_with_heads(mask, lead), causal, t, s))
+    np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
+    full = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
+    np.testing.assert_allclose(out.numpy(), full.numpy(), atol=2e-5)
+
+
+@pytest.mark.parametrize("offset", [0, 3, 6])
+def test_causal_offset_for_cached_decoding(offset):
+    # Two new queries after `offset` cached keys (S = 8 in all, so the default would be 6).
+    q, k, v = _inputs((1,), 2, 8, seed=offset)
+    out = chunked_attention(q, k, v, causal=True, causal_offset=offset, query_chunk_size=1,
+                            key_chunk_size=3)
+    expected, _ = reference.attention(q, k, v, reference.causal(2, 8, offset))
+    np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
+
+
+def test_custom_scale_and_default_chunks_clipped_to_lengths():
+    q, k, v = _inputs((2,), 5, 7, seed=3)
+    out = chunked_attention(q, k, v, scale=0.3)  # default chunks (1024) > lengths
+    expected, _ = reference.attention(q, k, v, scale=0.3)
+    np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "full"])
+def test_gradients_match_full_attention(causal, mask_kind):
+    lead = (2, 2)
+    q, k, v = (tf.constant(x) for x in _inputs(lead, 9, 11, seed=7))
+    mask = _make_mask(mask_kind, np.random.default_rng(1), lead, 9, 11)
+    upstream = tf.constant(np.random.default_rng(2).normal(size=lead + (9, 3)), tf.float32)
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            loss = tf.reduce_sum(fn() * upstream)
+        return tape.gradient(loss, [q, k, v])
+
+    chunked = grads(lambda: chunked_attention(q, k, v, mask=mask, causal=causal,
+                                              query_chunk_size=4, key_chunk_size=3))
+    full = grads(lambda: scaled_dot_product_attention(q, k, v, mask=mask, causal=causal))
+    for name, got, want in zip("qkv", chunked, full):
+        assert got is not None, name
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, err_msg=name)
+
+
+def test_unknown_lengths_in_tf_function():
+    signature = [tf.TensorSpec([None, None, None, 4], tf.float32)] * 2 + [
+        tf.TensorSpec([None, None, None, 3], tf.float32),
+        tf.TensorSpec([None, 1, 1, None], tf.bool)]
+
+    @tf.function(input_signature=signature)
+    def attend(q, k, v, mask):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = chunked_attention(q, k, v, mask=mask, causal=True, query_chunk_size=4,
+                                    key_chunk_size=3)
+            loss = tf.reduce_sum(out * out)
+        return out, tape.gradient(loss, [q, k, v])
+
+    for t, s in ((5, 5), (7, 10), (1, 4)):
+        q, k, v = (tf.constant(x) for x in _inputs((2, 2), t, s, seed=t))
+        mask = np.ones((2, 1, 1, s), bool)
+        mask[1, ..., s - 2:] = False
+        out, grads = attend(q, k, v, tf.constant(mask))
+        expected, _ = reference.attention(q, k, v, _reference_mask(mask, True, t, s))
+        np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            full = scaled_dot_product_attention(q, k, v, mask=mask, causal=True)
+            loss = tf.reduce_sum(full * full)
+        for got, want in zip(grads, tape.gradient(loss, [q, k, v])):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+def test_fully_masked_rows_give_zero_output_and_finite_gradients():
+    q, k, v = (tf.constant(x) for x in _inputs((1,), 6, 7, seed=5))
+    mask = np.ones((1, 6, 7), bool)
+    mask[0, 2] = False  # query 2 sees nothing
+    mask[0, 4, 3:] = False
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        out = chunked_attention(q, k, v, mask=mask, query_chunk_size=4, key_chunk_size=2)
+        loss = tf.reduce_sum(out)
+    np.testing.assert_array_equal(out.numpy()[0, 2], 0.0)
+    expected, _ = reference.attention(q, k, v, mask)
+    np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
+    grads = tape.gradient(loss, [q, k, v])
+    for grad in grads:
+        assert np.all(np.isfinite(grad.numpy()))
+    np.testing.assert_array_equal(grads[0].numpy()[0, 2], 0.0)  # the output ignores query 2
+
+
+def test_causal_with_more_queries_than_keys_zeroes_leading_rows():
+    # Offset S - T = -2: queries 0 and 1 precede every key.
+    q, k, v = _inputs((1,), 5, 3, seed=9)
+    out = chunked_attention(q, k, v, causal=True, query_chunk_size=2, key_chunk_size=2)
+    np.testing.assert_array_equal(out.numpy()[0, :2], 0.0)
+    expected, _ = reference.attention(q, k, v, reference.causal(5, 3, -2))
+    np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
+
+
+def test_float16_is_finite_and_close_to_float64_reference():
+    q, k, v = _inputs((2, 2), 13, 13, d=8, seed=4, dtype=np.float16)
+    q = q * np.float16(3.0)  # large scores: the running sums must not overflow in float16
+    mask = np.ones((2, 1, 1, 13), bool)
+    mask[0, ..., :] = False  # batch 0: every row fully masked
+    out = chunked_attention(q, k, v, mask=mask, causal=True, query_chunk_size=5,
+                            key_chunk_size=4)
+    assert out.dtype == tf.float16
+    assert np.all(np.isfinite(out.numpy()))
+    expected, _ = reference.attention(q, k, v, _reference_mask(mask, True, 13, 13))
+    np.testing.assert_allclose(out.numpy().astype(np.float64), expected, atol=2e-2)
+    np.testing.assert_array_equal(out.numpy()[0], 0.0)
+
+
+@pytest.mark.parametrize("argument", ["query_chunk_size", "key_chunk_size"])
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True, "8"])
+def test_bad_chunk_sizes_are_rejected(argument, bad):
+    q, k, v = _inputs((1,), 4, 4)
+    with pytest.raises(ValueError, match="%s must be a positive integer, got %s"
+                       % (argument, repr(bad).replace(".", r"\."))):
+        chunked_attention(q, k, v, **{argument: bad})
+
+
+def test_mismatched_depths_are_rejected():
+    q, _, v = _inputs((1,), 4, 4, d=4)
+    k = np.zeros((1, 4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"same depth.*query \(1, 4, 4\), key \(1, 4, 5\)"):
+        chunked_attention(q, k, v)
+
+
+def test_integer_inputs_are_rejected():
+    q = np.zeros((1, 4, 4), np.int32)
+    with pytest.raises(TypeError, match="query must be a floating-point tensor, got dtype int32"):
+        chunked_attention(q, q, q)
+
+
+def test_mask_that_does_not_broadcast_is_rejected():
+    q, k, v = _inputs((2,), 4, 6)
+    with pytest.raises(ValueError, match=r"mask of shape \(2, 4, 5\).*scores of shape \(2, 4, 6\)"):
+        chunked_attention(q, k, v, mask=np.ones((2, 4, 5), bool))
+
+
+# --- memory: the gradient graph never materializes a (T, S) tensor --------------------------
+
+_SUBGRAPH_ATTRIBUTES = ("_body_graph", "_cond_graph", "_true_graph", "_false_graph")
+
+
+def _graph_tensors(graph, seen=None):
+    """(op, output) for every op output in `graph` and in the while/cond bodies it calls."""
+    seen = set() if seen is None else seen
+    if id(graph) in seen:
+        return
+    seen.add(id(graph))
+    for op in graph.get_operations():
+        for output in op.outputs:
+            yield op, output
+        for attribute in _SUBGRAPH_ATTRIBUTES:
+            subgraph = getattr(op, attribute, None)
+            if subgraph is not None:
+                yield from _graph_tensors(subgraph, seen)
+
+
+def _gradient_graph_stats(attention, length, depth=4):
+    spec = tf.TensorSpec([1, length, depth], tf.float32)
+    mask_spec = tf.TensorSpec([1, 1, length], tf.bool)
+
+    @tf.function(input_signature=[spec, spec, spec, mask_spec])
+    def loss_and_grads(q, k, v, mask):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            loss = tf.reduce_sum(attention(q, k, v, mask))
+        return loss, tape.gradient(loss, [q, k, v])
+
+    graph = loss_and_grads.get_concrete_function().graph  # traced only, never run
+    outputs = loss_and_grads.get_concrete_function().structured_outputs
+    assert all(g is not None and g.shape == (1, length, depth) for g in outputs[1])
+    largest, matmul_sizes, unknown, graphs, stored = 0, [], [], set(), []
+    for op, tensor in _graph_tensors(graph):
+        graphs.add(op.graph.name)
+        if op.type == "TensorListPushBack" and tensor is op.outputs[0]:
+            # A loop body saving a tensor for its gradient: one copy per iteration.
+            stored.append(op.inputs[1])
+        size = tensor.shape.num_elements()
+        if size is None:
+            # Unused inputs of loop conditions carry no data; anything else must be sized.
+            if tensor.dtype.is_floating and tensor.consumers():
+                unknown.append(tensor.name)
+            continue
+        largest = max(largest, size)
+        if op.type == "BatchMatMulV2":
+            matmul_sizes.append(size)
+    return largest, matmul_sizes, unknown, graphs, stored
+
+
+def test_gradient_graph_has_no_length_squared_tensor():
+    length, chunk = 4096, 256
+
+    def chunked(q, k, v, mask):
+        return chunked_attention(q, k, v, mask=mask, causal=True, query_chunk_size=chunk,
+                                 key_chunk_size=chunk)
+
+    def full(q, k, v, mask):
+        return scaled_dot_product_attention(q, k, v, mask=mask, causal=True)
+
+    largest, matmuls, unknown, graphs, stored = _gradient_graph_stats(chunked, length)
+    assert unknown == []
+    # Loops save per-iteration tensors for the backward pass. Without recomputation of each
+    # query chunk, the query loop would save the key loop's saved lists (variant elements):
+    # (T / chunk) x (S / chunk) chunk-sized tensors, i.e. (T, S) memory split into pieces.
+    # With it, nothing nests and each loop (<= L / chunk iterations) saves at most
+    # chunk x chunk elements per tensor per iteration: O(L x chunk) memory.
+    assert stored, "expected loop accumulators in the gradient graph"
+    assert [t.name for t in stored if t.dtype == tf.variant] == []
+    assert max(t.shape.num_elements() for t in stored) <= chunk * chunk
+    # The walk reached the forward and the backward loop bodies: the (chunk x chunk) score
+    # matmul appears in the forward, in the forward re-run and in the backward pass.
+    assert len(graphs) >= 5
+    assert matmuls.count(chunk * chunk) >= 3
+    assert largest < length * length // 8, largest
+
+    largest_full, matmuls_full, unknown_full, _, _ = _gradient_graph_stats(full, length)
+    assert unknown_full == []
+    assert length * length in matmuls_full  # the same walk does see the full op's scores
+    assert largest_full >= length * length
