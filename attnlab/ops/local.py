@@ -1,0 +1,193 @@
+"""Local (sliding-window) self-attention in O(L * window) time and memory.
+
+The sequence is cut into blocks of `window` positions. Every key within `window` of a
+query lies in the query's block or in one of its two neighbour blocks (only the previous
+one when causal), so each query block attends to those 2-3 blocks, gathered by
+reshape/pad/concat, and the exact band is cut out with a (block, context) mask.
+"""
+import numbers
+
+import tensorflow as tf
+
+from attnlab.ops.masked_softmax import masked_softmax
+from attnlab.ops.masks import align_mask
+from attnlab.ops.scaled_dot_product import default_scale
+from attnlab.ops.validation import check_positive_int, check_query_key_value, shape_str
+
+
+def _length(x, axis):
+    """Static length along `axis` when known, else a scalar tensor."""
+    static = x.shape[axis]
+    return static if static is not None else tf.shape(x)[axis]
+
+
+def _check_window(window):
+    if isinstance(window, numbers.Integral) and not isinstance(window, bool):
+        window = int(window)  # accept NumPy integers too
+    return check_positive_int("window", window)
+
+
+def _pad_axis(x, axis, before, after, rank):
+    paddings = [[0, 0]] * rank
+    paddings[axis % rank] = [before, after]
+    return tf.pad(x, paddings)
+
+
+def _to_blocks(x, num_blocks, block, rank):
+    """(..., n * b, d) -> (..., n, b, d)."""
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([shape[:-2], [num_blocks, block, shape[-1]]], axis=0))
+
+
+def _with_neighbours(blocks, causal, rank):
+    """(..., n, b, d) -> (..., n, c * b, d): previous, own and (unless causal) next block.
+
+    Rank here is the rank of `blocks`. The missing neighbours of the first and last block
+    are zeros; the key-validity mask hides them.
+    """
+    previous = _pad_axis(blocks, -3, 1, 0, rank)[..., :-1, :, :]
+    parts = [previous, blocks]
+    if not causal:
+        parts.append(_pad_axis(blocks, -3, 0, 1, rank)[..., 1:, :, :])
+    return tf.concat(parts, axis=-2)
+
+
+def _blocked_band(block, num_blocks, length, window, causal, context):
+    """bool (n, b, c * b): the band |i - j| <= window (or 0 <= i - j <= window) in blocks.
+
+    Query i = n * b + r sees context key j = (n - 1) * b + col, so i - j = b + r - col
+    does not depend on the block; only the validity of j (0 <= j < L) does.
+    """
+    rows = tf.range(block)[:, tf.newaxis]
+    cols = tf.range(context * block)[tf.newaxis, :]
+    distance = block + rows - cols
+    if causal:
+        band = (distance >= 0) & (distance <= window)
+    else:
+        band = tf.abs(distance) <= window
+    key_pos = (tf.range(num_blocks)[:, tf.newaxis] - 1) * block + cols
+    valid = (key_pos >= 0) & (key_pos < length)
+    return band[tf.newaxis] & valid[:, tf.newaxis, :]
+
+
+def _blocked_mask(mask, length, num_blocks, block, padded, causal, context, rank):
+    """A mask (..., 1 or L, 1 or L) cut into the blocked layout (..., n, 1 or b, c * b)."""
+    # Give the key axis its full length (a no-op for key masks), then pad it.
+    mask = tf.logical_and(mask, tf.ones([1, length], tf.bool))
+    mask = _pad_axis(mask, -1, 0, padded - length, rank)
+    if mask.shape[-2] == 1:
+        # Key padding mask: gather the neighbour blocks exactly like the keys.
+        keys = _to_blocks(tf.cast(mask[..., 0, :, tf.newaxis], tf.int8), num_blocks, block,
+                          rank)
+        keys = _with_neighbours(keys, causal, rank + 1)
+        shape = tf.shape(keys)
+        keys = tf.reshape(keys, tf.concat([shape[:-2], [1, shape[-2]]], axis=0))
+        return tf.cast(keys, tf.bool)
+    # Full (T, S) mask: take the (b, c * b) diagonal band of blocks. With the columns padded
+    # by one block on each side (width W), block n needs columns [n b, n b + c b): flattening
+    # each row-in-block across the blocks and re-cutting rows of width W + b shifts row n by
+    # n b, which lines the wanted columns up at the start.
+    mask = tf.logical_and(mask, tf.ones([length, 1], tf.bool))  # rows of unknown size 1
+    mask = _pad_axis(mask, -2, 0, padded - length, rank)
+    mask = _pad_axis(mask, -1, block, block, rank)
+    width = padded + 2 * block
+    shape = tf.shape(mask)
+    lead = shape[:-2]
+    mask = tf.reshape(mask, tf.concat([lead, [num_blocks, block, width]], axis=0))
+    swap = list(range(rank - 2)) + [rank - 1, rank - 2, rank]
+    mask = tf.transpose(mask, swap)  # (..., b, n, W)
+    mask = tf.reshape(mask, tf.concat([lead, [block, num_blocks * width]], axis=0))
+    mask = _pad_axis(mask, -1, 0, num_blocks * block, rank)
+    mask = tf.reshape(mask, tf.concat([lead, [block, num_blocks, width + block]], axis=0))
+    mask = mask[..., :context * block]
+    return tf.transpose(mask, swap)  # (..., n, b, c * b)
+
+
+def local_attention(query, key, value, window, causal=False, mask=None, scale=None):
+    """Self-attention where query i sees only keys j with |i - j| <= window.
+
+    Equal to `scaled_dot_product_attention` with `band_mask(L, L, window, causal)` (and
+    `mask`), at O(L * window) cost: queries attend blockwise to their own and neighbouring
+    blocks of `window` positions, never forming an (L, L) score matrix.
+
+    Args:
+        query: (..., L, d) floating tensor.
+        key: (..., L, d); the same length as `query` (one sequence attending to itself).
+        value: (..., L, dv).
+        window: positive int; how far (in positions) a query sees on each side.
+        causal: see only the `window` previous keys and the query's own position.
+        mask: bool/0-1 mask, True = may attend. Accepted: a key padding mask broadcastable
+            to (..., 1, L) (e.g. (B, 1, L) or (B, 1, 1, L); O(L) memory), or a full mask
+            broadcastable to (..., L, L) (its band is cut out; the mask itself is O(L^2)).
+            A rank-3 mask gets a head axis for rank-4 inputs, as in
+            `scaled_dot_product_attention`.
+        scale: multiplier of the scores; default 1/sqrt(d).
+
+    Returns:
+        (..., L, dv) with the dtype of `query`; rows with no visible key are zero.
+
+    Example:
+        >>> x = tf.random.normal([2, 100, 16])
+        >>> local_attention(x, x, x, window=8, causal=True).shape
+        TensorShape([2, 100, 16])
+    """
+    query, key, value = check_query_key_value(query, key, value)
+    window = _check_window(window)
+    rank = query.shape.rank
+    if rank is None or key.shape.rank is None or value.shape.rank is None:
+        raise ValueError("local_attention needs inputs of known rank, got query %s, key %s, "
+                         "value %s" % (shape_str(query), shape_str(key), shape_str(value)))
+    length = _length(query, -2)
+    key_length = _length(key, -2)
+    if isinstance(length, int) and isinstance(key_length, int):
+        if length != key_length:
+            raise ValueError(
+                "local_attention is self-attention over one sequence: query length %d and key "
+                "length %d must be equal (query %s, key %s)"
+                % (length, key_length, shape_str(query), shape_str(key)))
+    else:
+        check = tf.debugging.assert_equal(
+            tf.shape(query)[-2], tf.shape(key)[-2],
+            message="local_attention: query and key lengths must be equal")
+        with tf.control_dependencies([check] if check is not None else []):
+            query = tf.identity(query)
+        length = tf.shape(query)[-2]
+
+    if scale is None:
+        depth = query.shape[-1]
+        scale = (default_scale(depth) if depth is not None
+                 else tf.math.rsqrt(tf.cast(tf.shape(query)[-1], tf.float32)))
+    query = query * tf.cast(scale, query.dtype)
+
+    if mask is not None:
+        scores_shape = query.shape[:-1].concatenate(key.shape[-2:-1])
+        mask = align_mask(mask, scores_shape)
+        if mask.shape.rank is None:
+            raise ValueError("local_attention needs a mask of known rank, got %s"
+                             % shape_str(mask))
+
+    # Blocks of `window` positions (fewer when the whole sequence is shorter).
+    block = min(window, length) if isinstance(length, int) else tf.minimum(window, length)
+    num_blocks = (length + block - 1) // block
+    padded = num_blocks * block
+    context = 2 if causal else 3
+
+    def blocks(x):
+        return _to_blocks(_pad_axis(x, -2, 0, padded - length, rank), num_blocks, block, rank)
+
+    q_blocks = blocks(query)                                             # (..., n, b, d)
+    k_context = _with_neighbours(blocks(key), causal, rank + 1)          # (..., n, c b, d)
+    v_context = _with_neighbours(blocks(value), causal, rank + 1)        # (..., n, c b, dv)
+    scores = tf.matmul(q_blocks, k_context, transpose_b=True)            # (..., n, b, c b)
+
+    keep = _blocked_band(block, num_blocks, length, window, causal, context)
+    if mask is not None:
+        keep = tf.logical_and(
+            keep, _blocked_mask(mask, length, num_blocks, block, padded, causal, context, rank))
+    weights = masked_softmax(scores, keep)
+    out = tf.matmul(weights, v_context)                                  # (..., n, b, dv)
+    shape = tf.shape(out)
+    out = tf.reshape(out, tf.concat([shape[:-3], [padded, shape[-1]]], axis=0))
+    out = out[..., :length, :]
+    out.set_shape(query.shape[:-1].concatenate(value.shape[-1:]))
+    return out
