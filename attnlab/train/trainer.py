@@ -1,0 +1,531 @@
+"""A custom training loop with a Keras-like interface that resumes exactly after a kill."""
+import inspect
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from attnlab.train.run_dir import RunDir
+
+NAN_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or Inf loss or gradient (nan_policy="stop")."""
+
+
+def _per_example_loss_fn(loss):
+    """A function (y, pred) -> unreduced loss, from a Keras loss name, object or function."""
+    if isinstance(loss, str):
+        loss = tf.keras.losses.get(loss)
+    if isinstance(loss, tf.keras.losses.Loss):
+        config = dict(loss.get_config(), reduction=tf.keras.losses.Reduction.NONE)
+        return loss.__class__.from_config(config)
+    if callable(loss):
+        return loss
+    raise TypeError("loss must be a Keras loss name, a tf.keras.losses.Loss or a function "
+                    "(y_true, y_pred) -> loss, got %r" % (loss,))
+
+
+def _metric(metric):
+    """A Keras metric object from a name ("accuracy" means sparse labels), object or function."""
+    if isinstance(metric, str):
+        if metric in ("accuracy", "acc"):
+            return tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        fn = tf.keras.metrics.get(metric)
+        if isinstance(fn, tf.keras.metrics.Metric):
+            return fn
+        return tf.keras.metrics.MeanMetricWrapper(fn, name=metric)
+    if isinstance(metric, tf.keras.metrics.Metric):
+        return metric
+    if callable(metric):
+        return tf.keras.metrics.MeanMetricWrapper(metric, name=getattr(metric, "__name__",
+                                                                       "metric"))
+    raise TypeError("metrics must be Keras metric names, objects or functions, got %r"
+                    % (metric,))
+
+
+def _unpack(batch):
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 3:
+            return batch[0], batch[1], batch[2]
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+    raise ValueError("a training batch must be (x, y) or (x, y, sample_weight), got %d items"
+                     % (len(batch) if isinstance(batch, (tuple, list)) else 1))
+
+
+def _apply_kwarg(optimizer):
+    """The apply_gradients argument that turns off gradient all-reduce (old or new optimizer)."""
+    params = inspect.signature(optimizer.apply_gradients).parameters
+    for name in ("skip_gradients_aggregation", "experimental_aggregate_gradients"):
+        if name in params:
+            return name
+    return None
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "cluster_spec", None) or \
+            not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and
+                                    "chief" not in resolver.cluster_spec().as_dict())
+
+
+class Trainer:
+    """Trains a Keras model with a GradientTape loop: checkpoints, logs, NaN guard, distribution.
+
+    Create the model and optimizer inside `strategy.scope()` when a strategy is used. Under
+    the `mixed_float16` policy the optimizer is wrapped in a LossScaleOptimizer and losses
+    are computed on float32 outputs. The loss is averaged over the *global* batch
+    (`tf.nn.compute_average_loss`), so several replicas give the single-replica gradients.
+
+    Exact resume: the checkpoint holds the model, optimizer, step, epoch, batches done in the
+    epoch, the trainer's tf.random.Generator and the running train metrics. When `train` is a
+    function `(epoch, skip_batches) -> Dataset` whose order depends only on the epoch (see
+    `Task.train_fn`), a run killed at any moment and resumed ends with the weights of an
+    uninterrupted run, given deterministic ops (`tf.config.experimental.enable_op_determinism`)
+    and a model without unseeded randomness (Keras Dropout state is not checkpointed).
+
+    Args:
+        model: a tf.keras.Model; its call may take `return_attention=True` for snapshots.
+        optimizer: a Keras optimizer (wrapped for loss scaling under mixed_float16).
+        loss: Keras loss name, tf.keras.losses.Loss, or function (y, pred) -> per-element loss.
+        metrics: Keras metrics (names or objects) updated with (y, pred, sample_weight).
+        strategy: optional tf.distribute strategy (Mirrored, MultiWorkerMirrored).
+        jit_compile: compile the train step with XLA.
+        clip_norm: clip gradients to this global norm (after the cross-replica sum).
+        nan_policy: "stop" (raise NonFiniteLossError naming the step) or "skip" (do not apply
+            the step's update and go on).
+        run_dir: a run folder path or RunDir; enables checkpoints, train.log, TensorBoard,
+            status.json and attention snapshots. None trains without writing anything.
+        checkpoint_every: also checkpoint every this many steps (None: at epoch ends only).
+        keep_checkpoints: checkpoints kept by the CheckpointManager.
+        seed: seed of the trainer's tf.random.Generator (`trainer.rng`).
+        verbose: 1 shows a progress bar, 0 is silent (epoch lines still go to train.log).
+        probe: optional (x, query_tokens, key_tokens) batch whose attention weights are saved
+            every `snapshot_every` epochs into run_dir/attention/.
+        snapshot_every: epochs between attention snapshots.
+
+    Example:
+        >>> trainer = Trainer(model, tf.keras.optimizers.Adam(1e-3),
+        ...                   tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        ...                   metrics=["sparse_categorical_accuracy"], run_dir="runs/demo")
+        >>> history = trainer.fit(task.train_fn(32), epochs=3,
+        ...                       validation=task.dataset("validation", 64))
+    """
+
+    def __init__(self, model, optimizer, loss, metrics=None, strategy=None, jit_compile=False,
+                 clip_norm=None, nan_policy="stop", run_dir=None, checkpoint_every=None,
+                 keep_checkpoints=3, seed=0, verbose=1, probe=None, snapshot_every=1):
+        if not isinstance(model, tf.keras.Model):
+            raise TypeError("model must be a tf.keras.Model, got %r" % (model,))
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError("nan_policy must be one of %s, got %r" % (NAN_POLICIES, nan_policy))
+        if clip_norm is not None and (isinstance(clip_norm, bool) or
+                                      not isinstance(clip_norm, (int, float)) or clip_norm <= 0):
+            raise ValueError("clip_norm must be a positive number or None, got %r" % (clip_norm,))
+        for name, value in (("checkpoint_every", checkpoint_every),
+                            ("snapshot_every", snapshot_every)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
+                                      value <= 0):
+                raise ValueError("%s must be a positive integer or None, got %r" % (name, value))
+        if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) or \
+                keep_checkpoints <= 0:
+            raise ValueError("keep_checkpoints must be a positive integer, got %r"
+                             % (keep_checkpoints,))
+        if not isinstance(jit_compile, bool):
+            raise TypeError("jit_compile must be a bool, got %r" % (jit_compile,))
+        self.model = model
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.jit_compile = jit_compile
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.nan_policy = nan_policy
+        self.verbose = verbose
+        self.probe = probe
+        self.snapshot_every = snapshot_every
+        self.checkpoint_every = checkpoint_every
+        self.loss_fn = _per_example_loss_fn(loss)
+        self.is_chief = _is_chief(self.strategy)
+        self.run = None
+        if run_dir is not None:
+            self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        with self.strategy.scope():
+            policy = tf.keras.mixed_precision.global_policy()
+            self.loss_scaling = policy.compute_dtype == "float16" or \
+                getattr(model, "compute_dtype", None) == "float16"
+            if self.loss_scaling and not isinstance(
+                    optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
+                optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.batch_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                              name="batch_in_epoch")
+            self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                             name="skipped_steps")
+            self.rng = tf.random.Generator.from_seed(seed)
+            self.loss_metric = tf.keras.metrics.Mean(name="loss")
+            self.metrics = [_metric(m) for m in (metrics or [])]
+            self.val_loss_metric = tf.keras.metrics.Mean(name="loss")
+            self.val_metrics = [m.__class__.from_config(m.get_config()) for m in self.metrics]
+        self._apply_kwarg = _apply_kwarg(self.optimizer)
+        self._built = False
+        self._train_step = None
+        self._eval_step = None
+        self._stop_requested = False
+        self.history = {}
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+            batch_in_epoch=self.batch_in_epoch, skipped_steps=self.skipped_steps, rng=self.rng,
+            train_metrics=tf.train.Checkpoint(loss=self.loss_metric, **{
+                "m%d" % i: m for i, m in enumerate(self.metrics)}))
+        self.manager = None
+        if self.run is not None:
+            directory = self.run.checkpoint_dir
+            if not self.is_chief:
+                # Every worker must take part in a save; only the chief's files are kept.
+                directory = tempfile.mkdtemp(prefix="attnlab-worker-ckpt-")
+            self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
+                                                      max_to_keep=keep_checkpoints)
+
+    # ----------------------------------------------------------------------------- steps
+    def _per_example(self, y, pred, weight):
+        pred = tf.nest.map_structure(lambda p: tf.cast(p, tf.float32), pred)
+        loss = tf.cast(self.loss_fn(y, pred), tf.float32)
+        if weight is not None:
+            loss = loss * tf.cast(weight, tf.float32)
+        if loss.shape.rank is not None and loss.shape.rank > 1:
+            # Per-token losses: mean over positions (padding weighs 0), so each example counts
+            # once in the global-batch average.
+            loss = tf.reduce_mean(tf.reshape(loss, [tf.shape(loss)[0], -1]), axis=1)
+        return loss, pred
+
+    def _replica_train_step(self, x, y, weight):
+        replicas = self.strategy.num_replicas_in_sync
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            pred = self.model(x, training=True)
+            per_example, pred = self._per_example(y, pred, weight)
+            global_batch = tf.shape(per_example)[0] * replicas
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            if self.model.losses:
+                loss += tf.nn.scale_regularization_loss(
+                    tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses]))
+            scaled = self.optimizer.get_scaled_loss(loss) if self.loss_scaling else loss
+        grads = tape.gradient(scaled, variables)
+        if self.loss_scaling:
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        aggregated = replicas > 1 and self._apply_kwarg is not None
+        if aggregated:
+            # Sum over replicas here so that clipping and the NaN check see global gradients.
+            grads = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, grads)
+        global_loss = loss
+        if replicas > 1:
+            global_loss = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, loss)
+        finite = tf.math.is_finite(global_loss)
+        if not self.loss_scaling:
+            # With loss scaling, overflowing gradients are normal: the optimizer skips them.
+            finite = tf.logical_and(finite, tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]))
+        if self.clip_norm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
+        kwargs = {}
+        if aggregated:
+            kwargs[self._apply_kwarg] = self._apply_kwarg == "skip_gradients_aggregation"
+        pairs = list(zip(grads, variables))
+
+        def apply():
+            self.optimizer.apply_gradients(pairs, **kwargs)
+            return tf.constant(True)
+
+        if replicas > 1:
+            # A merge_call cannot run inside a cond: replace bad gradients by zeros instead.
+            pairs = [(tf.where(finite, g, tf.zeros_like(g)), v) for g, v in pairs]
+            apply()
+        else:
+            tf.cond(finite, apply, lambda: tf.constant(False))
+        self.loss_metric.update_state(per_example)
+        for metric in self.metrics:
+            metric.update_state(y, pred, sample_weight=weight)
+        return global_loss, finite
+
+    def _replica_eval_step(self, x, y, weight):
+        pred = self.model(x, training=False)
+        per_example, pred = self._per_example(y, pred, weight)
+        self.val_loss_metric.update_state(per_example)
+        for metric in self.val_metrics:
+            metric.update_state(y, pred, sample_weight=weight)
+        return tf.constant(0)
+
+    def _make_steps(self):
+        strategy = self.strategy
+        replica_train = tf.function(self._replica_train_step, jit_compile=self.jit_compile) \
+            if self.jit_compile else self._replica_train_step
+
+        @tf.function
+        def train_step(batch):
+            x, y, w = _unpack(batch)
+            loss, finite = strategy.run(replica_train, args=(x, y, w))
+            loss = strategy.experimental_local_results(loss)[0]
+            finite = strategy.experimental_local_results(finite)[0]
+            return loss, finite
+
+        @tf.function
+        def eval_step(batch):
+            x, y, w = _unpack(batch)
+            return strategy.run(self._replica_eval_step, args=(x, y, w))
+
+        self._train_step, self._eval_step = train_step, eval_step
+
+    def _distribute(self, dataset):
+        if self.strategy.num_replicas_in_sync == 1 and \
+                not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return dataset
+        return self.strategy.experimental_distribute_dataset(dataset)
+
+    def _build(self, dataset):
+        """Create model and optimizer variables before restoring or tracing."""
+        if self._built:
+            return
+        batch = next(iter(dataset))
+        x, _, _ = _unpack(batch)
+        with self.strategy.scope():
+            if not self.model.built:
+                self.model(x, training=False)
+            variables = self.model.trainable_variables
+            inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+            if hasattr(inner, "build") and not hasattr(inner, "_create_all_weights"):
+                inner.build(variables)  # Keras >= 2.11 optimizer
+            elif hasattr(inner, "_create_all_weights"):
+                inner._create_all_weights(variables)  # legacy OptimizerV2 (TF 2.9)
+        self._make_steps()
+        self._built = True
+
+    # ----------------------------------------------------------------------------- state
+    def restore(self):
+        """Restore the latest loadable checkpoint; returns its path or None.
+
+        A checkpoint that fails to load (a write cut short on a disk without atomic
+        renames) is passed over for the one before it.
+        """
+        if self.manager is None:
+            return None
+        errors = []
+        for path in reversed(self.manager.checkpoints):
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+                return path
+            except (tf.errors.OpError, AssertionError, ValueError) as err:
+                errors.append("%s: %s" % (path, err))
+        if errors:
+            raise RuntimeError("no checkpoint in %s could be restored:\n%s"
+                               % (self.manager.directory, "\n".join(errors)))
+        return None
+
+    def save(self):
+        """Write a checkpoint numbered by the global step (CheckpointManager: files, then index)."""
+        if self.manager is None:
+            return None
+        return self.manager.save(checkpoint_number=int(self.step.numpy()))
+
+    def request_stop(self, *_):
+        """Ask the loop to checkpoint and return after the current step (SIGTERM handler)."""
+        self._stop_requested = True
+
+    # ----------------------------------------------------------------------------- logging
+    def _results(self, prefix=""):
+        metrics = [self.loss_metric] + self.metrics if not prefix else \
+            [self.val_loss_metric] + self.val_metrics
+        return {prefix + m.name: float(m.result().numpy()) for m in metrics}
+
+    def _learning_rate(self):
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        lr = getattr(inner, "learning_rate", None)
+        if lr is None:
+            lr = getattr(inner, "lr", None)
+        if isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule):
+            return float(lr(self.step).numpy())
+        try:
+            return float(tf.keras.backend.get_value(lr))
+        except (TypeError, ValueError):
+            return float("nan")
+
+    def _snapshot(self):
+        if self.probe is None or self.run is None or not self.is_chief:
+            return
+        from attnlab.viz.snapshots import save_attention_snapshot
+
+        x, query_tokens, key_tokens = self.probe
+        _, weights = self.model(x, training=False, return_attention=True)
+        weights = {name: np.asarray(w, np.float32) for name, w in weights.items()}
+        save_attention_snapshot(self.run.path, int(self.step.numpy()),
+                                int(self.epoch.numpy()), weights, query_tokens, key_tokens)
+
+    # ----------------------------------------------------------------------------- loops
+    def evaluate(self, dataset):
+        """Loss and metrics of the model on `dataset` (batches (x, y) or (x, y, weight))."""
+        if not self._built:
+            self._build(dataset)
+        for metric in [self.val_loss_metric] + self.val_metrics:
+            metric.reset_state()
+        for batch in self._distribute(dataset):
+            self._eval_step(batch)
+        return {k: v for k, v in self._results("val_").items()}
+
+    def fit(self, train, epochs, validation=None, steps_per_epoch=None, resume=True):
+        """Train until `epochs` epochs are done, resuming from the latest checkpoint.
+
+        Args:
+            train: a function `(epoch, skip_batches) -> Dataset` (exact resume inside an
+                epoch) or a tf.data.Dataset (re-iterated each epoch; resumed with `skip`).
+            epochs: total number of epochs (a resumed run continues to this number).
+            validation: optional dataset evaluated at each epoch end ("val_" metrics).
+            steps_per_epoch: progress bar length (default: the dataset's cardinality).
+            resume: restore the latest checkpoint of the run folder first.
+
+        Returns:
+            History dict: metric name -> list of per-epoch values (epochs run in this call).
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+            raise ValueError("epochs must be a positive integer, got %r" % (epochs,))
+        if isinstance(train, tf.data.Dataset):
+            dataset = train
+
+            def train(epoch, skip_batches=0):
+                return dataset.skip(skip_batches) if skip_batches else dataset
+        elif not callable(train):
+            raise TypeError("train must be a tf.data.Dataset or a function (epoch, "
+                            "skip_batches) -> Dataset, got %r" % (train,))
+        self._build(train(0, 0))
+        restored = self.restore() if resume else None
+        self.history = {}
+        handler_installed = False
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, self.request_stop)
+            handler_installed = True
+        self._stop_requested = False
+        try:
+            self._fit_loop(train, epochs, validation, steps_per_epoch, restored)
+        except BaseException as err:
+            if self.run is not None and self.is_chief:
+                message = "%s: %s" % (type(err).__name__, err)
+                self.run.log("run failed at step %d: %s" % (int(self.step.numpy()), message))
+                self.run.write_status("failed", error=message, pid=os.getpid(),
+                                      step=int(self.step.numpy()))
+            raise
+        finally:
+            if handler_installed:
+                signal.signal(signal.SIGTERM, previous)
+        return self.history
+
+    def _status(self, state, **fields):
+        if self.run is not None and self.is_chief:
+            self.run.write_status(state, pid=os.getpid(), epoch=int(self.epoch.numpy()),
+                                  step=int(self.step.numpy()), **fields)
+
+    def _fit_loop(self, train, epochs, validation, steps_per_epoch, restored):
+        run = self.run if self.is_chief else None
+        writer = tf.summary.create_file_writer(run.tensorboard_dir) if run else None
+        start_epoch = int(self.epoch.numpy())
+        if run:
+            if restored:
+                run.log("resumed from %s at step %d (epoch %d, %d batches done)" % (
+                    os.path.basename(restored), int(self.step.numpy()), start_epoch + 1,
+                    int(self.batch_in_epoch.numpy())))
+            else:
+                run.log("started (%d epochs)" % epochs)
+        self._status("running", error=None)
+        if start_epoch == 0 and int(self.step.numpy()) == 0:
+            self._snapshot()
+        for epoch in range(start_epoch, epochs):
+            skip = int(self.batch_in_epoch.numpy())
+            if skip == 0:
+                for metric in [self.loss_metric] + self.metrics:
+                    metric.reset_state()
+            dataset = train(epoch, skip)
+            target = steps_per_epoch
+            if target is None:
+                cardinality = int(dataset.cardinality().numpy())
+                target = cardinality + skip if cardinality >= 0 else None
+            bar = tf.keras.utils.Progbar(target, verbose=1 if self.verbose else 0,
+                                         stateful_metrics=["loss"]) \
+                if self.is_chief else None
+            if bar is not None and skip:
+                bar.update(skip)
+            started = time.time()
+            for batch in self._distribute(dataset):
+                loss, finite = self._train_step(batch)
+                self.step.assign_add(1)
+                self.batch_in_epoch.assign_add(1)
+                step = int(self.step.numpy())
+                if not bool(finite.numpy()):
+                    where = "step %d (epoch %d, batch %d)" % (
+                        step, epoch + 1, int(self.batch_in_epoch.numpy()))
+                    if self.nan_policy == "stop":
+                        raise NonFiniteLossError(
+                            "non-finite loss or gradient (loss = %s) at %s; the update was "
+                            "not applied. Lower the learning rate, clip gradients "
+                            "(clip_norm) or use nan_policy='skip'." % (float(loss.numpy()), where))
+                    self.skipped_steps.assign_add(1)
+                    if run:
+                        run.log("skipped %s: non-finite loss or gradient" % where)
+                if bar is not None:
+                    bar.update(int(self.batch_in_epoch.numpy()),
+                               [("loss", float(self.loss_metric.result().numpy()))])
+                if self.checkpoint_every and step % self.checkpoint_every == 0:
+                    self.save()
+                if self._stop_requested:
+                    path = self.save()
+                    if run:
+                        run.log("stopped by request at epoch %d step %d (checkpoint %s)"
+                                % (epoch + 1, step, os.path.basename(path or "-")))
+                    self._status("stopped")
+                    return
+            logs = self._results()
+            if validation is not None:
+                logs.update(self.evaluate(validation))
+            logs["learning_rate"] = self._learning_rate()
+            self.epoch.assign(epoch + 1)
+            self.batch_in_epoch.assign(0)
+            for key, value in logs.items():
+                self.history.setdefault(key, []).append(value)
+            if writer is not None:
+                with writer.as_default(step=int(self.step.numpy())):
+                    for key, value in logs.items():
+                        tf.summary.scalar(key, value)
+                writer.flush()
+            if run:
+                run.log("epoch %d/%d step %d %s time %.1fs" % (
+                    epoch + 1, epochs, int(self.step.numpy()), format_metrics(logs),
+                    time.time() - started))
+            if self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
+                self._snapshot()
+            self.save()
+            self._status("running", metrics=logs)
+            if self.verbose and self.is_chief and not sys.stdout.isatty():
+                print("epoch %d/%d %s" % (epoch + 1, epochs, format_metrics(logs)), flush=True)
+        self._status("finished")
+
+
+def format_metrics(logs):
+    """'loss 0.1234 accuracy 0.9876 ...' with short, readable numbers."""
+    parts = []
+    for key, value in logs.items():
+        if key == "learning_rate":
+            parts.append("lr %.3g" % value)
+        elif math.isfinite(value) and abs(value) >= 1e-3:
+            parts.append("%s %.4f" % (key, value))
+        else:
+            parts.append("%s %.3g" % (key, value))
+    return " ".join(parts)
