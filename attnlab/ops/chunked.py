@@ -27,7 +27,7 @@ def _clip(chunk_size, length):
 
 
 def _to_chunks(x, num_chunks, chunk_size, rank):
-    """(..., n * c, d) -> (n, ..., c, d): chunks first, for tf.map_fn / tf.foldl."""
+    """(..., n * c, d) -> (n, ..., c, d): chunks first, for tf.map_fn / tf.TensorArray."""
     shape = tf.shape(x)
     x = tf.reshape(x, tf.concat([shape[:-2], [num_chunks, chunk_size, shape[-1]]], axis=0))
     perm = [rank - 2] + list(range(rank - 2)) + [rank - 1, rank]
@@ -85,9 +85,10 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
     """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.
 
     Queries are processed `query_chunk_size` at a time (tf.map_fn); for each query chunk the
-    keys are visited `key_chunk_size` at a time (tf.foldl) with a running max and running
-    sums. Both levels are wrapped in `tf.recompute_grad`, so the backward pass recomputes
-    chunks instead of storing their scores. Lengths may be unknown (None) in a tf.function:
+    keys are visited `key_chunk_size` at a time (tf.while_loop) with a running max and
+    running sums; with `causal`, key chunks entirely after the query chunk are skipped.
+    Both levels are wrapped in `tf.recompute_grad`, so the backward pass recomputes chunks
+    instead of storing their scores. Lengths may be unknown (None) in a tf.function:
     T and S are padded up to multiples of the chunk sizes internally.
 
     Args:
@@ -172,28 +173,43 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             keep = part if keep is None else tf.logical_and(keep, part)
         return keep
 
+    def key_chunks_needed(q_index):
+        """Key chunks that any query of this chunk can see; causal skips those after it."""
+        if not causal:
+            return num_k
+        last_query = tf.minimum((q_index + 1) * q_chunk, t) - 1
+        needed = (last_query + offset) // k_chunk + 1
+        return tf.clip_by_value(needed, 0, num_k)
+
     def attend_query_chunk(q_index):
         def attend(q, keys, values):
-            def step(carry, elems):
-                acc, row_max, row_sum = carry
-                k, v, k_index = elems
+            key_array = tf.TensorArray(dtype, size=num_k, element_shape=keys.shape[1:])
+            key_array = key_array.unstack(keys)
+            value_array = tf.TensorArray(dtype, size=num_k, element_shape=values.shape[1:])
+            value_array = value_array.unstack(values)
+
+            def step(k_index, acc, row_max, row_sum):
                 keep = chunk_keep(q_index, k_index)
 
                 def summary(q_, k_, v_):
                     return _chunk_summary(q_, k_, v_, keep, acc_dtype)
 
-                weighted, chunk_sum, chunk_max = tf.recompute_grad(summary)(q, k, v)
+                weighted, chunk_sum, chunk_max = tf.recompute_grad(summary)(
+                    q, key_array.read(k_index), value_array.read(k_index))
                 new_max = tf.maximum(row_max, chunk_max)
                 old_factor = tf.exp(row_max - new_max)
                 new_factor = tf.exp(chunk_max - new_max)
-                return (acc * old_factor + weighted * new_factor, new_max,
+                return (k_index + 1, acc * old_factor + weighted * new_factor, new_max,
                         row_sum * old_factor + chunk_sum * new_factor)
 
             rows = tf.shape(q)[:-1]
-            init = (tf.zeros(tf.concat([rows, tf.shape(values)[-1:]], 0), acc_dtype),
+            init = (tf.constant(0),
+                    tf.zeros(tf.concat([rows, tf.shape(values)[-1:]], 0), acc_dtype),
                     tf.fill(tf.concat([rows, [1]], 0), mask_value(acc_dtype)),
                     tf.zeros(tf.concat([rows, [1]], 0), acc_dtype))
-            acc, _, row_sum = tf.foldl(step, (keys, values, tf.range(num_k)), init)
+            needed = key_chunks_needed(q_index)
+            _, acc, _, row_sum = tf.while_loop(lambda k_index, *_: k_index < needed, step,
+                                               init)
             # Rows that saw no key have row_sum == 0: zero output instead of 0 / 0.
             return tf.cast(tf.math.divide_no_nan(acc, row_sum), dtype)
 

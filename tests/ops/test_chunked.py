@@ -77,6 +77,25 @@ def test_causal_offset_for_cached_decoding(offset):
     np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
 
 
+def test_causal_skips_key_chunks_after_the_query_chunk(monkeypatch):
+    import attnlab.ops.chunked as chunked_module
+
+    visited = []
+    summary = chunked_module._chunk_summary
+
+    def counting_summary(query, key, value, keep, acc_dtype):
+        visited.append(1)
+        return summary(query, key, value, keep, acc_dtype)
+
+    monkeypatch.setattr(chunked_module, "_chunk_summary", counting_summary)
+    q, k, v = _inputs((1,), 8, 8, seed=1)
+    out = chunked_attention(q, k, v, causal=True, query_chunk_size=4, key_chunk_size=2)
+    # Query chunk 0 (queries 0-3) needs key chunks 0-1, query chunk 1 needs all 4.
+    assert len(visited) == 2 + 4
+    expected, _ = reference.attention(q, k, v, reference.causal(8, 8))
+    np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
+
+
 def test_custom_scale_and_default_chunks_clipped_to_lengths():
     q, k, v = _inputs((2,), 5, 7, seed=3)
     out = chunked_attention(q, k, v, scale=0.3)  # default chunks (1024) > lengths
