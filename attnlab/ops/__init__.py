@@ -1,4 +1,6 @@
 """Pure attention functions on tensors: no variables, no files."""
+from attnlab.ops.chunked import chunked_attention
+from attnlab.ops.local import local_attention
 from attnlab.ops.masked_softmax import mask_value, masked_softmax
 from attnlab.ops.masks import (
     align_mask,
@@ -13,7 +15,9 @@ __all__ = [
     "align_mask",
     "band_mask",
     "causal_mask",
+    "chunked_attention",
     "combine_masks",
+    "local_attention",
     "mask_value",
     "masked_softmax",
     "padding_mask",
