@@ -1,0 +1,226 @@
+"""The Transformer encoder block (Vaswani et al. 2017): self-attention + feed-forward, each
+wrapped in a residual connection and LayerNorm (post-norm as in the paper, or pre-norm)."""
+import tensorflow as tf
+
+from attnlab.layers.multi_head_attention import ATTENTION_IMPLS, MultiHeadAttention
+from attnlab.ops.masks import combine_masks
+from attnlab.ops.validation import check_floating, check_positive_int, check_rate
+
+
+def check_block_arguments(num_heads, intermediate_dim, dropout, norm_first, activation,
+                          layer_norm_epsilon):
+    """Validate the arguments both Transformer blocks share; returns (dropout, activation)."""
+    check_positive_int("num_heads", num_heads)
+    check_positive_int("intermediate_dim", intermediate_dim)
+    dropout = check_rate("dropout", dropout)
+    if not isinstance(norm_first, bool):
+        raise TypeError("norm_first must be a bool, got %r" % (norm_first,))
+    if isinstance(layer_norm_epsilon, bool) or not isinstance(layer_norm_epsilon, (int, float)) \
+            or not layer_norm_epsilon > 0:
+        raise ValueError("layer_norm_epsilon must be a positive number, got %r"
+                         % (layer_norm_epsilon,))
+    try:
+        activation = tf.keras.activations.get(activation)
+    except ValueError as error:
+        raise ValueError("activation %r is not a Keras activation: %s"
+                         % (activation, error)) from None
+    return dropout, activation
+
+
+def model_depth(input_shape, num_heads, block_name):
+    """D from a (B, T, D) shape, checked to split into `num_heads` heads."""
+    input_shape = tf.TensorShape(input_shape)
+    if input_shape.rank != 3 or input_shape[-1] is None:
+        raise ValueError("%s expects inputs of shape (B, T, D) with a known D, got %s" % (
+            block_name, tuple(input_shape.as_list()) if input_shape.rank is not None
+            else "(unknown rank)"))
+    depth = input_shape[-1]
+    if depth % num_heads:
+        raise ValueError("%s: the model depth D=%d is not divisible by num_heads=%d (each head "
+                         "gets D // num_heads dimensions)" % (block_name, depth, num_heads))
+    return depth
+
+
+def build_sublayer(layer, *shapes):
+    """Build a sublayer now, under its own name scope so variable names stay unique
+    (`block/feedforward_output/kernel`), which the H5 format needs."""
+    with tf.name_scope(layer.name):
+        layer.build(*shapes)
+
+
+def without_keras_mask(x):
+    """`x` without its `_keras_mask`: the blocks pass padding as an explicit key mask, and the
+    attention layer would otherwise also hide padded queries (zero rows)."""
+    if getattr(x, "_keras_mask", None) is None:
+        return x
+    return tf.identity(x)
+
+
+def key_padding_mask(mask):
+    """(B, S) padding mask -> (B, 1, S) key mask (None stays None)."""
+    if mask is None:
+        return None
+    return tf.cast(mask, tf.bool)[:, tf.newaxis, :]
+
+
+@tf.keras.utils.register_keras_serializable(package="attnlab")
+class TransformerEncoderBlock(tf.keras.layers.Layer):
+    """One Transformer encoder layer: multi-head self-attention, then a feed-forward network.
+
+    Post-norm (`norm_first=False`, the paper): x = LN(x + Drop(MHA(x))); x = LN(x + Drop(FFN(x))).
+    Pre-norm (`norm_first=True`): x = x + Drop(MHA(LN(x))); x = x + Drop(FFN(LN(x))).
+    FFN(x) = Dense(D)(activation(Dense(intermediate_dim)(x))). Each head has D // num_heads
+    dimensions.
+
+    Args:
+        num_heads: attention heads H; must divide the model depth D.
+        intermediate_dim: width of the feed-forward hidden layer.
+        dropout: rate of the residual-branch dropouts and of the attention weights.
+        norm_first: pre-norm instead of post-norm.
+        activation: feed-forward activation (name or callable).
+        layer_norm_epsilon: epsilon of the LayerNorms.
+        attention_impl: "full", "chunked" or "local" (see MultiHeadAttention); with
+            "chunked"/"local" the attention weights get no dropout.
+        window: window of "local" attention.
+        chunk_size: chunk size of "chunked" attention.
+        kernel_initializer: initializer of every kernel.
+        bias_initializer: initializer of every bias.
+        **kwargs: base Layer arguments.
+
+    Call arguments:
+        inputs: (B, T, D).
+        attention_mask: optional mask broadcastable to (B, T, T); True = may attend.
+        mask: (B, T) Keras padding mask (passed automatically, e.g. from
+            Embedding(mask_zero=True)); padded tokens are hidden as keys.
+        return_attention_scores: also return {"self": (B, H, T, T)} ("full" only).
+        training: dropout switch.
+
+    Returns:
+        (B, T, D), and the dict of attention weights when asked. The padding mask is passed on.
+
+    Example:
+        >>> block = TransformerEncoderBlock(num_heads=2, intermediate_dim=32)
+        >>> block(tf.random.normal([2, 5, 8])).shape
+        TensorShape([2, 5, 8])
+    """
+
+    def __init__(self, num_heads, intermediate_dim, dropout=0.0, norm_first=False,
+                 activation="relu", layer_norm_epsilon=1e-5, attention_impl="full",
+                 window=None, chunk_size=None, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.dropout, self.activation = check_block_arguments(
+            num_heads, intermediate_dim, dropout, norm_first, activation, layer_norm_epsilon)
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.norm_first = norm_first
+        self.layer_norm_epsilon = layer_norm_epsilon
+        if attention_impl not in ATTENTION_IMPLS:
+            raise ValueError("attention_impl must be one of %s, got %r"
+                             % (", ".join(ATTENTION_IMPLS), attention_impl))
+        if attention_impl == "local" and window is None:
+            raise ValueError("attention_impl='local' needs a window (a positive integer), "
+                             "got window=None")
+        self.attention_impl = attention_impl
+        self.window = None if window is None else check_positive_int("window", window)
+        self.chunk_size = None if chunk_size is None else check_positive_int(
+            "chunk_size", chunk_size)
+        self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
+        self.bias_initializer = tf.keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    def _dense(self, units, name, activation=None):
+        return tf.keras.layers.Dense(
+            units, activation=activation,
+            kernel_initializer=_clone(self.kernel_initializer),
+            bias_initializer=_clone(self.bias_initializer), dtype=self._dtype_policy,
+            name=name)
+
+    def build(self, input_shape):
+        depth = model_depth(input_shape, self.num_heads, type(self).__name__)
+        shape = tf.TensorShape([None, None, depth])
+        self.self_attention = MultiHeadAttention(
+            self.num_heads, depth // self.num_heads,
+            dropout=self.dropout if self.attention_impl == "full" else 0.0,
+            attention_impl=self.attention_impl, window=self.window, chunk_size=self.chunk_size,
+            kernel_initializer=_clone(self.kernel_initializer),
+            bias_initializer=_clone(self.bias_initializer), dtype=self._dtype_policy,
+            name="self_attention")
+        build_sublayer(self.self_attention, shape, shape)
+        self.self_attention_norm = tf.keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self._dtype_policy,
+            name="self_attention_norm")
+        build_sublayer(self.self_attention_norm, shape)
+        self.self_attention_dropout = tf.keras.layers.Dropout(
+            self.dropout, dtype=self._dtype_policy)
+        self.feedforward_intermediate = self._dense(
+            self.intermediate_dim, "feedforward_intermediate", self.activation)
+        build_sublayer(self.feedforward_intermediate, shape)
+        self.feedforward_output = self._dense(depth, "feedforward_output")
+        build_sublayer(self.feedforward_output, shape[:-1].concatenate([self.intermediate_dim]))
+        self.feedforward_norm = tf.keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self._dtype_policy, name="feedforward_norm")
+        build_sublayer(self.feedforward_norm, shape)
+        self.feedforward_dropout = tf.keras.layers.Dropout(
+            self.dropout, dtype=self._dtype_policy)
+        super().build(input_shape)
+
+    def feedforward(self, x, training=None):
+        """The position-wise feed-forward sublayer with its residual and norm."""
+        residual = x
+        if self.norm_first:
+            x = self.feedforward_norm(x)
+        x = self.feedforward_output(self.feedforward_intermediate(x))
+        x = residual + self.feedforward_dropout(x, training=training)
+        if not self.norm_first:
+            x = self.feedforward_norm(x)
+        return x
+
+    def call(self, inputs, attention_mask=None, mask=None, return_attention_scores=False,
+             training=None):
+        inputs = tf.convert_to_tensor(inputs)
+        check_floating("inputs", inputs)
+        x = tf.cast(without_keras_mask(inputs), self.compute_dtype)
+        self_mask = combine_masks(key_padding_mask(mask), attention_mask)
+
+        residual = x
+        if self.norm_first:
+            x = self.self_attention_norm(x)
+        x = without_keras_mask(x)
+        attended = self.self_attention(x, x, attention_mask=self_mask,
+                                       return_attention_scores=return_attention_scores,
+                                       training=training)
+        if return_attention_scores:
+            attended, scores = attended
+        x = residual + self.self_attention_dropout(attended, training=training)
+        if not self.norm_first:
+            x = self.self_attention_norm(x)
+        x = self.feedforward(x, training=training)
+        if return_attention_scores:
+            return x, {"self": scores}
+        return x
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "norm_first": self.norm_first,
+            "activation": tf.keras.activations.serialize(self.activation),
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "attention_impl": self.attention_impl,
+            "window": self.window,
+            "chunk_size": self.chunk_size,
+            "kernel_initializer": tf.keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": tf.keras.initializers.serialize(self.bias_initializer),
+        })
+        return config
+
+
+def _clone(initializer):
+    # A fresh initializer object per sublayer: a seeded one reused would repeat its values.
+    return initializer.__class__.from_config(initializer.get_config())
