@@ -1,5 +1,23 @@
-"""Training: the custom-loop Trainer, schedules, run folders, configs and the CLI."""
-from attnlab.train.schedules import NoamSchedule, WarmupCosine
-from attnlab.train.trainer import NonFiniteLossError, Trainer
+"""Training: the custom-loop Trainer, schedules, run folders, configs and the CLI.
 
-__all__ = ["NoamSchedule", "NonFiniteLossError", "Trainer", "WarmupCosine"]
+Exports are loaded on first use so that `attnlab runs|logs|stop` start without TensorFlow.
+"""
+import importlib
+
+_EXPORTS = {
+    "NoamSchedule": "attnlab.train.schedules",
+    "WarmupCosine": "attnlab.train.schedules",
+    "Trainer": "attnlab.train.trainer",
+    "NonFiniteLossError": "attnlab.train.trainer",
+    "RunDir": "attnlab.train.run_dir",
+    "load_config": "attnlab.train.config",
+    "validate_config": "attnlab.train.config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError("module 'attnlab.train' has no attribute %r" % name)

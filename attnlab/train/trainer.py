@@ -369,6 +369,11 @@ class Trainer:
         x, query_tokens, key_tokens = self.probe
         _, weights = self.model(x, training=False, return_attention=True)
         weights = {name: np.asarray(w, np.float32) for name, w in weights.items()}
+        # Snapshot tokens belong to the first layer: put first a layer whose (T, S) they fit
+        # (for a seq2seq model, the cross-attention: target queries over source keys).
+        t, s = len(query_tokens[0]), len(key_tokens[0])
+        names = sorted(weights, key=lambda n: weights[n].shape[2:] != (t, s))
+        weights = {name: weights[name] for name in names}
         save_attention_snapshot(self.run.path, int(self.step.numpy()),
                                 int(self.epoch.numpy()), weights, query_tokens, key_tokens)
 

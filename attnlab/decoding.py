@@ -1,0 +1,243 @@
+"""Autoregressive decoding: greedy, beam search with length penalty, top-k / top-p sampling.
+
+Works with any model that follows the attnlab seq2seq decoding protocol
+(`attnlab.models.RNNSeq2Seq`, `attnlab.models.TransformerSeq2Seq`):
+
+- `encode(source) -> memory` (a nest of batch-first tensors),
+- `init_decode_state(memory, max_length) -> state` (batch-first: a KV cache or RNN state),
+- `decode_step(tokens (B,), memory, state, index) -> (logits (B, V), state)`,
+- `decode_full(prefix (B, L), memory) -> logits (B, L, V)` (no cache: recompute).
+
+Every function returns int32 ids (B, max_length): generated tokens, the end token, then
+padding (id 0). The <s> token fed first is not included.
+"""
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled(model):
+    """tf.function versions of the model's decoding methods, traced once per model."""
+    if model not in _COMPILED:
+        _COMPILED[model] = {
+            "encode": tf.function(lambda source: model.encode(source)),
+            "step": tf.function(model.decode_step),
+            "full": tf.function(model.decode_full),
+        }
+    return _COMPILED[model]
+
+
+def _check(model, source, max_length):
+    for method in ("encode", "init_decode_state", "decode_step", "decode_full"):
+        if not hasattr(model, method):
+            raise TypeError("model %r lacks the decoding method %s(); see attnlab.decoding"
+                            % (type(model).__name__, method))
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+        raise ValueError("max_length must be a positive integer, got %r" % (max_length,))
+    source = tf.convert_to_tensor(source)
+    if source.shape.rank != 2 or source.dtype.is_floating:
+        raise ValueError("source must be integer token ids of shape (B, S), got %s %s"
+                         % (source.dtype.name, tuple(source.shape.as_list())))
+    return tf.cast(source, tf.int32)
+
+
+def _finish(tokens, done, eos_id, pad_id):
+    """Record `tokens` (B,) for sequences not yet done; returns (written tokens, new done)."""
+    tokens = np.where(done, pad_id, tokens)
+    return tokens, done | (tokens == eos_id)
+
+
+def greedy_decode(model, source, max_length, bos_id=1, eos_id=2, pad_id=0, use_cache=True):
+    """Pick the most likely token at every step.
+
+    Args:
+        model: a model with the decoding protocol (module docstring).
+        source: int ids (B, S).
+        max_length: tokens to generate at most.
+        bos_id, eos_id, pad_id: special token ids.
+        use_cache: feed one token per step with the KV cache / RNN state (True), or rerun
+            the decoder over the whole prefix at every step (False, the slow reference).
+
+    Returns:
+        int32 (B, max_length).
+
+    Example:
+        >>> ids = greedy_decode(model, task.arrays("test")[0]["source"][:4], max_length=11)
+    """
+    source = _check(model, source, max_length)
+    fns = _compiled(model)
+    memory = fns["encode"](source)
+    batch = int(source.shape[0])
+    out = np.full((batch, max_length), pad_id, np.int32)
+    done = np.zeros(batch, bool)
+    if use_cache:
+        state = model.init_decode_state(memory, max_length)
+        tokens = tf.fill([batch], bos_id)
+        for t in range(max_length):
+            logits, state = fns["step"](tokens, memory, state, tf.constant(t, tf.int32))
+            chosen, done_next = _finish(np.argmax(logits.numpy(), -1).astype(np.int32), done,
+                                        eos_id, pad_id)
+            out[:, t], done = chosen, done_next
+            if done.all():
+                break
+            tokens = tf.constant(chosen)
+        return out
+    prefix = np.full((batch, max_length), pad_id, np.int32)
+    prefix[:, 0] = bos_id
+    for t in range(max_length):
+        logits = fns["full"](tf.constant(prefix), memory)[:, t]
+        chosen, done_next = _finish(np.argmax(logits.numpy(), -1).astype(np.int32), done,
+                                    eos_id, pad_id)
+        out[:, t], done = chosen, done_next
+        if done.all():
+            break
+        if t + 1 < max_length:
+            prefix[:, t + 1] = chosen
+    return out
+
+
+def _length_penalty(length, alpha):
+    """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al. 2016)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def beam_search(model, source, beam_width=4, max_length=32, length_penalty=0.6, bos_id=1,
+                eos_id=2, pad_id=0, return_scores=False):
+    """Keep the `beam_width` best partial sequences, ranked by length-normalized log-prob.
+
+    Args:
+        model: a model with the decoding protocol (module docstring).
+        source: int ids (B, S).
+        beam_width: K, beams per example (1 is greedy decoding).
+        max_length: tokens to generate at most.
+        length_penalty: alpha of the GNMT penalty; 0 ranks by raw log-probability, larger
+            values favour longer outputs.
+        bos_id, eos_id, pad_id: special token ids.
+        return_scores: also return the (B,) normalized scores of the chosen sequences.
+
+    Returns:
+        int32 (B, max_length) best sequences (and their scores).
+
+    Example:
+        >>> ids = beam_search(model, source, beam_width=4, max_length=11)
+    """
+    source = _check(model, source, max_length)
+    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width <= 0:
+        raise ValueError("beam_width must be a positive integer, got %r" % (beam_width,))
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or \
+            length_penalty < 0:
+        raise ValueError("length_penalty must be a number >= 0, got %r" % (length_penalty,))
+    fns = _compiled(model)
+    batch, k = int(source.shape[0]), beam_width
+    memory = fns["encode"](tf.repeat(source, k, axis=0))
+    state = model.init_decode_state(memory, max_length)
+    scores = np.full((batch, k), -np.inf)
+    scores[:, 0] = 0.0  # one live beam at the start: the others would be duplicates
+    seqs = np.full((batch, k, max_length), pad_id, np.int32)
+    done = np.zeros((batch, k), bool)
+    lengths = np.zeros((batch, k))
+    tokens = tf.fill([batch * k], bos_id)
+    for t in range(max_length):
+        logits, state = fns["step"](tokens, memory, state, tf.constant(t, tf.int32))
+        logp = tf.nn.log_softmax(logits).numpy().astype(np.float64)
+        vocab = logp.shape[-1]
+        logp = logp.reshape(batch, k, vocab)
+        # A finished beam only continues with padding, at no cost.
+        logp[done] = -np.inf
+        logp[done, pad_id] = 0.0
+        candidates = scores[:, :, None] + logp
+        new_lengths = lengths + (~done)
+        ranked = candidates / _length_penalty(new_lengths, length_penalty)[:, :, None]
+        flat = ranked.reshape(batch, k * vocab)
+        top = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+        beam, token = top // vocab, (top % vocab).astype(np.int32)
+        rows = np.arange(batch)[:, None]
+        scores = candidates.reshape(batch, k * vocab)[rows, top]
+        seqs = seqs[rows, beam]
+        seqs[:, :, t] = token
+        was_done = done[rows, beam]
+        lengths = new_lengths[rows, beam]
+        done = was_done | (token == eos_id)
+        gather = tf.constant((rows * k + beam).reshape(-1).astype(np.int32))
+        state = tf.nest.map_structure(lambda s, g=gather: tf.gather(s, g), state)
+        if done.all():
+            break
+        tokens = tf.constant(token.reshape(-1))
+    final = scores / _length_penalty(lengths, length_penalty)
+    best = np.argmax(final, axis=1)
+    result = seqs[np.arange(batch), best]
+    if return_scores:
+        return result, final[np.arange(batch), best]
+    return result
+
+
+def _filter_logits(logits, top_k, top_p):
+    """Set logits outside the top-k and outside the top-p nucleus to -inf (per row)."""
+    logits = logits.copy()
+    if top_k is not None:
+        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
+        logits[logits < kth] = -np.inf
+    if top_p is not None:
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        sorted_logits = np.take_along_axis(logits, order, -1)
+        probs = np.exp(sorted_logits - sorted_logits[:, :1])
+        probs /= probs.sum(-1, keepdims=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        cut = np.cumsum(probs, -1) - probs >= top_p
+        sorted_logits[cut] = -np.inf
+        np.put_along_axis(logits, order, sorted_logits, -1)
+    return logits
+
+
+def sample_decode(model, source, max_length, top_k=None, top_p=None, temperature=1.0, seed=0,
+                  bos_id=1, eos_id=2, pad_id=0):
+    """Sample each token from the temperature-scaled distribution, optionally truncated.
+
+    Args:
+        model: a model with the decoding protocol (module docstring).
+        source: int ids (B, S).
+        max_length: tokens to generate at most.
+        top_k: sample among the k most likely tokens (top_k=1 is greedy decoding).
+        top_p: nucleus sampling: among the most likely tokens whose mass reaches top_p.
+        temperature: divides the logits (> 0); lower is more conservative.
+        seed: seed of the sampler; the same seed gives the same output.
+        bos_id, eos_id, pad_id: special token ids.
+
+    Returns:
+        int32 (B, max_length).
+
+    Example:
+        >>> ids = sample_decode(model, source, max_length=11, top_p=0.9, seed=1)
+    """
+    source = _check(model, source, max_length)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or
+                              top_k <= 0):
+        raise ValueError("top_k must be a positive integer or None, got %r" % (top_k,))
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise ValueError("top_p must be in (0, 1] or None, got %r" % (top_p,))
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+            temperature <= 0:
+        raise ValueError("temperature must be a number > 0, got %r" % (temperature,))
+    rng = np.random.default_rng(seed)
+    fns = _compiled(model)
+    memory = fns["encode"](source)
+    batch = int(source.shape[0])
+    state = model.init_decode_state(memory, max_length)
+    out = np.full((batch, max_length), pad_id, np.int32)
+    done = np.zeros(batch, bool)
+    tokens = tf.fill([batch], bos_id)
+    for t in range(max_length):
+        logits, state = fns["step"](tokens, memory, state, tf.constant(t, tf.int32))
+        logits = _filter_logits(logits.numpy().astype(np.float64) / temperature, top_k, top_p)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        drawn = np.array([rng.choice(probs.shape[-1], p=p) for p in probs], np.int32)
+        chosen, done = _finish(drawn, done, eos_id, pad_id)
+        out[:, t] = chosen
+        if done.all():
+            break
+        tokens = tf.constant(chosen)
+    return out

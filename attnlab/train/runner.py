@@ -1,0 +1,209 @@
+"""Run a validated config into a run folder: build task, model and Trainer, train, evaluate."""
+import json
+import os
+import time
+
+import numpy as np
+
+from attnlab.train.config import dump_config
+from attnlab.train.run_dir import RunDir, atomic_write_text
+
+
+class RunExistsError(FileExistsError):
+    """The run name is taken; pass resume=True (`--resume`) to continue it."""
+
+
+def make_strategy(name):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return None
+
+
+def build_model(config, task):
+    """The model of `config["model"]` sized from the task's vocabularies."""
+    from attnlab.train.config import _models
+
+    args = {k: v for k, v in config["model"].items() if k != "name"}
+    cls = _models()[config["model"]["name"]]
+    if task.kind == "seq2seq":
+        if config["model"]["name"] == "classifier":
+            raise ValueError("model.name: 'classifier' cannot learn the seq2seq task %r"
+                             % task.name)
+        return cls(len(task.source_vocab), len(task.target_vocab), **args)
+    if config["model"]["name"] != "classifier" or task.source_vocab is None:
+        raise ValueError("model.name: %r does not fit the %s task %r (use 'classifier' on a "
+                         "token task)" % (config["model"]["name"], task.kind, task.name))
+    return cls(len(task.source_vocab), task.num_classes, **args)
+
+
+def build_optimizer(train):
+    import tensorflow as tf
+
+    from attnlab.train.schedules import NoamSchedule, WarmupCosine
+
+    lr = train["learning_rate"]
+    schedule = train["schedule"]
+    if schedule is not None:
+        if schedule["name"] == "noam":
+            # The Noam schedule sets the rate itself; learning_rate is not used.
+            lr = NoamSchedule(schedule.get("d_model", 64), schedule["warmup_steps"],
+                              scale=schedule["scale"])
+        else:
+            lr = WarmupCosine(lr, schedule["warmup_steps"], schedule["decay_steps"],
+                              schedule["min_learning_rate"])
+    if train["optimizer"] == "sgd":
+        return tf.keras.optimizers.SGD(lr, momentum=0.9)
+    return tf.keras.optimizers.Adam(lr, beta_2=0.98, epsilon=1e-9)
+
+
+def _probe(task, size):
+    """A fixed batch of validation examples with its tokens, for attention snapshots."""
+    x, _, _ = task.arrays("validation")
+    if task.kind == "seq2seq":
+        x = {k: v[:size] for k, v in x.items()}
+        vocab_in, vocab_out = task.source_vocab, task.target_vocab
+        keys = [[vocab_in.tokens[i] for i in row] for row in x["source"]]
+        queries = [[vocab_out.tokens[i] for i in row] for row in x["target_in"]]
+        return x, queries, keys
+    if task.source_vocab is None:
+        return None
+    x = x[:size]
+    tokens = [[task.source_vocab.tokens[i] for i in row] for row in x]
+    return x, tokens, tokens
+
+
+def evaluate_task(model, task, config, split="test"):
+    """Final metrics on `split`: exact match by decoding (seq2seq) or accuracy (classification).
+
+    For the trigger task the mean attention mass on trigger tokens is reported too.
+    """
+    from attnlab.decoding import beam_search, greedy_decode
+
+    x, y, _ = task.arrays(split)
+    batch = config["eval"]["batch_size"]
+    metrics = {}
+    if task.kind == "seq2seq":
+        correct, tokens_ok, tokens_total = 0, 0, 0
+        length = y.shape[1]
+        for start in range(0, len(y), batch):
+            source = x["source"][start:start + batch]
+            target = y[start:start + batch]
+            if config["eval"]["decode"] == "beam":
+                pred = beam_search(model, source, config["eval"]["beam_width"], length,
+                                   config["eval"]["length_penalty"])
+            else:
+                pred = greedy_decode(model, source, length)
+            real = target != 0
+            correct += int(np.sum(np.all((pred == target) | ~real, axis=1)))
+            tokens_ok += int(np.sum((pred == target) & real))
+            tokens_total += int(np.sum(real))
+        metrics[split + "_sequence_accuracy"] = correct / len(y)
+        metrics[split + "_token_accuracy"] = tokens_ok / tokens_total
+        return metrics
+    correct, mass, count = 0, [], 0
+    trigger = task.meta[split].get("trigger_mask")
+    for start in range(0, len(y), batch):
+        xb = x[start:start + batch]
+        if trigger is not None:
+            from attnlab.models.classifier import attention_mass
+
+            logits, weights = model(xb, training=False, return_attention=True)
+            mass.append(attention_mass(weights["attention"], trigger[start:start + batch],
+                                       xb != 0) * len(xb))
+        else:
+            logits = model(xb, training=False)
+        correct += int(np.sum(np.argmax(np.asarray(logits), -1) == y[start:start + batch]))
+        count += len(xb)
+    metrics[split + "_accuracy"] = correct / count
+    if mass:
+        metrics[split + "_attention_on_triggers"] = float(np.sum(mass) / count)
+        filler = np.mean([(row != 0).sum() - m.sum() for row, m in zip(x, trigger)])
+        triggers = np.mean([m.sum() for m in trigger])
+        # Uniform attention would put triggers / length of the mass on them.
+        metrics[split + "_uniform_attention_on_triggers"] = float(triggers / (triggers + filler))
+    return metrics
+
+
+def prepare_run(config, runs_dir, name, resume=False):
+    """Create (or reopen with resume=True) runs_dir/name and write the resolved config."""
+    path = os.path.join(runs_dir, name)
+    if os.path.exists(path) and not resume:
+        raise RunExistsError("run %r already exists in %s; use --resume to continue it or "
+                             "--name to pick another name" % (name, runs_dir))
+    if resume and not os.path.exists(os.path.join(path, "config.yaml")):
+        raise FileNotFoundError("cannot resume run %r: %s has no config.yaml" % (name, path))
+    run = RunDir(path)
+    if not resume:
+        atomic_write_text(run.file("config.yaml"), dump_config(config))
+        run.write_status("created", pid=None, epoch=0, step=0, metrics={}, error=None,
+                         created=time.time())
+    return run
+
+
+def run_training(config, run, verbose=None):
+    """Train `config` into the RunDir `run` (resuming from its checkpoints), then evaluate.
+
+    Returns:
+        The final metrics dict (also written to metrics.json).
+    """
+    import tensorflow as tf
+
+    from attnlab.data.registry import make_task
+    from attnlab.train.trainer import Trainer
+
+    train = config["train"]
+    strategy = make_strategy(train["distribute"])
+    if train["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(train["seed"])
+    if train["mixed_precision"]:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    task_args = {k: v for k, v in config["task"].items() if k != "name"}
+    task = make_task(config["task"]["name"], **task_args)
+    schedule = train["schedule"]
+    if schedule is not None and schedule["name"] == "warmup_cosine":
+        schedule["decay_steps"] = max(
+            1, task.steps_per_epoch(train["batch_size"]) * train["epochs"] -
+            schedule["warmup_steps"])
+    if schedule is not None and schedule["name"] == "noam":
+        schedule["d_model"] = config["model"].get("d_model") or config["model"].get(
+            "embed_dim") or config["model"].get("units") or 64
+    scope = strategy.scope() if strategy is not None else _null_scope()
+    with scope:
+        model = build_model(config, task)
+        optimizer = build_optimizer(train)
+    probe = _probe(task, config["eval"]["probe_size"])
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    trainer = Trainer(model, optimizer, loss, metrics=["accuracy"], strategy=strategy,
+                      jit_compile=train["jit_compile"], clip_norm=train["clip_norm"],
+                      nan_policy=train["nan_policy"], run_dir=run,
+                      checkpoint_every=train["checkpoint_every"],
+                      keep_checkpoints=train["keep_checkpoints"], seed=train["seed"],
+                      verbose=train["verbose"] if verbose is None else verbose, probe=probe,
+                      snapshot_every=train["snapshot_every"])
+    started = time.time()
+    trainer.fit(task.train_fn(train["batch_size"], seed=train["seed"]), train["epochs"],
+                validation=task.dataset("validation", config["eval"]["batch_size"]))
+    if trainer.run is None or trainer.run.read_status().get("state") != "finished":
+        return None  # stopped by request: no final metrics yet
+    metrics = {k: v[-1] for k, v in trainer.history.items()}
+    metrics.update(evaluate_task(model, task, config, "test"))
+    metrics["train_seconds"] = time.time() - started
+    metrics["step"] = int(trainer.step.numpy())
+    run.write_metrics(metrics)
+    run.log("finished: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                       for k, v in metrics.items()}))
+    run.write_status("finished", metrics=metrics)
+    return metrics
+
+
+class _null_scope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
