@@ -12,8 +12,9 @@ ENV DEBIAN_FRONTEND=noninteractive
 # plain `apt-get update` fails (NO_PUBKEY A4B469963BF863CC). CUDA is already installed and
 # nothing here comes from those sources: drop them. openssh-server's package makes host
 # keys; they are deleted so that none is ever baked into the image.
-RUN rm -f /etc/apt/sources.list.d/cuda.list /etc/apt/sources.list.d/nvidia-ml.list \
- && grep -lrs 'developer.download.nvidia.com' /etc/apt/sources.list.d/ | xargs -r rm -f \
+RUN for list in /etc/apt/sources.list.d/*; do \
+      if grep -qs 'developer.download.nvidia.com' "$list"; then rm -f "$list"; fi; \
+    done \
  && apt-get update \
  && apt-get install -y --no-install-recommends openssh-server tini tmux \
  && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* \
@@ -38,8 +39,8 @@ RUN [[ $USER_UID != 0 && $USER_GID != 0 ]] || { echo "USER_UID/USER_GID must not
  && chmod 700 /var/lib/attnlab/ssh-host-keys \
  && chown -R "$USER_UID:$USER_GID" /workspace /var/lib/attnlab
 
-COPY docker/entrypoint /usr/local/bin/attnlab-entrypoint
-COPY docker/healthcheck /usr/local/bin/attnlab-healthcheck
+COPY --chmod=755 docker/entrypoint /usr/local/bin/attnlab-entrypoint
+COPY --chmod=755 docker/healthcheck /usr/local/bin/attnlab-healthcheck
 COPY docker/sshd_config /etc/ssh/attnlab_sshd_config
 COPY docker/profile.sh /etc/profile.d/attnlab-env.sh
 COPY docker/jupyter_server_config.py /etc/jupyter/jupyter_server_config.py

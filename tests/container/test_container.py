@@ -1,0 +1,426 @@
+"""The container's promises, checked with real clients against `compose up` (see conftest).
+
+Tests run in file order; the last ones stop and restart the stack.
+"""
+import json
+import os
+import re
+import shlex
+import tarfile
+import time
+
+from .conftest import METRICS, SSH_PORT, container_of, http, run, wait_healthy
+
+STATE_KEYS = "/var/lib/attnlab/ssh-host-keys"
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def ssh_cmd(key, user="researcher", known_hosts=None, extra=()):
+    return ["ssh", "-p", str(SSH_PORT), "-i", str(key), "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=20",
+            "-o", "StrictHostKeyChecking=yes" if known_hosts else "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=%s" % (known_hosts or "/dev/null"),
+            "-o", "LogLevel=ERROR"] + list(extra) + ["%s@127.0.0.1" % user]
+
+
+def ssh(key, command, check=True, **kwargs):
+    return run(ssh_cmd(key, **kwargs) + [command], check=check, timeout=600)
+
+
+def host_key_line():
+    scan = run(["ssh-keyscan", "-p", str(SSH_PORT), "-t", "ed25519", "127.0.0.1"]).stdout
+    return [line.split(None, 1)[1] for line in scan.splitlines() if not line.startswith("#")][0]
+
+
+def in_container(engine, container, *command, check=True, timeout=600, env=None):
+    env_args = []
+    for name, value in (env or {}).items():
+        env_args += ["-e", "%s=%s" % (name, value)]
+    return engine("exec", *env_args, container, *command, check=check, timeout=timeout)
+
+
+def image_env(engine, ref):
+    config = json.loads(engine("image", "inspect", ref).stdout)[0]["Config"]
+    return dict(item.split("=", 1) for item in config["Env"])
+
+
+def run_once(engine, image, *args, env=None, volumes=(), timeout=120):
+    """`run --rm` the image with the given command; returns the CompletedProcess."""
+    cmd = ["run", "--rm", "--network", "none"]
+    for name, value in (env or {}).items():
+        cmd += ["-e", "%s=%s" % (name, value)]
+    for volume in volumes:
+        cmd += ["-v", volume]
+    return engine(*(cmd + [image["ref"]] + list(args)), check=False, timeout=timeout)
+
+
+# --- the image ----------------------------------------------------------------------------
+
+def test_base_image_apt_get_update_fails_as_expected(engine, base_image):
+    """The stand-in reproduces the official image's broken NVIDIA apt sources."""
+    result = engine("run", "--rm", "--network", "host", base_image, "apt-get", "update",
+                    check=False, timeout=300)
+    assert result.returncode != 0, result.stdout
+    assert "developer.download.nvidia.com" in result.stdout
+
+
+def test_image_apt_get_update_works_and_tools_are_there(engine, image):
+    result = engine("run", "--rm", "--network", "host", "--user", "0", "--entrypoint", "bash",
+                    image["ref"], "-c",
+                    "apt-get update -q && command -v tini sshd tmux && "
+                    "! ls /etc/apt/sources.list.d/ | grep -E 'cuda|nvidia'",
+                    check=False, timeout=300)
+    assert result.returncode == 0, result.stdout
+    assert "/usr/bin/tini" in result.stdout
+
+
+def test_image_metadata(engine, image, base_image):
+    info = json.loads(engine("image", "inspect", image["ref"]).stdout)[0]
+    config = info["Config"]
+    assert config["Entrypoint"][:3] == ["tini", "-g", "--"]
+    assert config["User"] != "" and config["User"].split(":")[0] not in ("0", "root")
+    assert config["WorkingDir"] == "/workspace"
+    assert "attnlab-healthcheck" in " ".join(config["Healthcheck"]["Test"])
+    base = json.loads(engine("image", "inspect", base_image).stdout)[0]
+    METRICS["image size, MB"] = round(info["Size"] / 1e6)
+    METRICS["image size added over the base, MB"] = round((info["Size"] - base["Size"]) / 1e6)
+
+
+def test_no_host_keys_token_or_secrets_in_any_image_layer(engine, image, project, workdir):
+    """Every layer the Dockerfile added is read file by file: no planted secret, no .env,
+    no SSH host or private key, no token made its way into the image."""
+    export = workdir / "image-export"
+    engine("save", "--format", "docker-dir", "--uncompressed", "-o", str(export), image["ref"],
+           timeout=900)
+    base_layers = set(json.loads(engine("image", "inspect", project_base(project)).stdout)[0]
+                      ["RootFS"]["Layers"])
+    manifest = json.loads((export / "manifest.json").read_text())
+    layers = [layer["digest"] for layer in manifest["layers"]]
+    ours = [digest for digest in layers if digest not in base_layers]
+    assert ours and len(ours) < len(layers), (len(ours), len(layers))
+
+    needles = {name: text.encode() for name, text in project["markers"].items()}
+    bad_names = re.compile(r"(^|/)(\.env|\.env\..*|id_ed25519.*|id_rsa.*|authorized_keys|"
+                           r"ssh_host_.*|attnlab-ca\.pem|extra_ca|jpserver-.*\.json)$")
+    found = []
+    for digest in ours:
+        path = export / digest.split(":", 1)[1]
+        with tarfile.open(str(path)) as layer:
+            for member in layer:
+                if bad_names.search(member.name):
+                    found.append("%s: file %s" % (digest[:19], member.name))
+                if not member.isfile() or member.size > 200 * 1024 * 1024:
+                    continue
+                data = layer.extractfile(member).read()
+                for name, needle in needles.items():
+                    if needle in data:
+                        found.append("%s: %s contains the %s" % (digest[:19], member.name, name))
+    assert not found, "\n".join(found)
+
+
+def project_base(project):
+    env = (project["root"] / ".env").read_text()
+    return re.search(r"^BASE_IMAGE=(\S+)$", env, re.M).group(1)
+
+
+def test_empty_token_is_refused(engine, image, workdir):
+    for value in ("", "   "):
+        result = run_once(engine, image, env={"JUPYTER_TOKEN": value})
+        assert result.returncode != 0, result.stdout
+        assert "token is empty" in result.stdout
+    empty_file = workdir / "empty-token"
+    empty_file.write_text("\n")
+    empty_file.chmod(0o644)
+    result = run_once(engine, image, env={"JUPYTER_TOKEN_FILE": "/run/token"},
+                      volumes=["%s:/run/token:ro" % empty_file])
+    assert result.returncode != 0 and "token is empty" in result.stdout, result.stdout
+
+
+def test_token_file_newline_is_stripped(engine, image, workdir):
+    token_file = workdir / "token"
+    token_file.write_text("s3cret-from-file\r\n")
+    token_file.chmod(0o644)
+    result = run_once(engine, image, "python3", "-c",
+                      "import os; print(repr(os.environ['JUPYTER_TOKEN']))",
+                      env={"JUPYTER_TOKEN_FILE": "/run/token"},
+                      volumes=["%s:/run/token:ro" % token_file])
+    assert result.returncode == 0, result.stdout
+    assert "'s3cret-from-file'" in result.stdout
+
+
+def test_without_token_a_random_one_is_printed_and_without_key_ssh_is_off(engine, image):
+    result = run_once(engine, image, "true")
+    assert result.returncode == 0, result.stdout
+    assert re.search(r"/lab\?token=[0-9a-f]{64}\b", result.stdout), result.stdout
+    assert "SSH is off" in result.stdout and "SSH_AUTHORIZED_KEYS" in result.stdout
+
+
+def test_host_keys_are_made_per_volume_and_kept(engine, image):
+    def host_key(volume):
+        result = run_once(engine, image, "cat", STATE_KEYS + "/ssh_host_ed25519_key.pub",
+                          volumes=["%s:%s" % (volume, STATE_KEYS)])
+        assert result.returncode == 0, result.stdout
+        return re.search(r"ssh-ed25519 \S+", result.stdout).group(0)
+
+    volumes = ["attnlab-e2e-keys-a", "attnlab-e2e-keys-b"]
+    for volume in volumes:
+        engine("volume", "rm", "-f", volume, check=False)
+    try:
+        first, second = host_key(volumes[0]), host_key(volumes[1])
+        assert first != second, "two fresh volumes got the same host key"
+        assert host_key(volumes[0]) == first, "the host key changed across restarts"
+    finally:
+        for volume in volumes:
+            engine("volume", "rm", "-f", volume, check=False)
+    bare = engine("run", "--rm", "--network", "none", "--entrypoint", "sh", image["ref"], "-c",
+                  "ls -A %s; ls /etc/ssh | grep ssh_host_ || true" % STATE_KEYS)
+    assert bare.stdout.strip() == "", "the image carries host keys: %s" % bare.stdout
+
+
+def test_healthcheck_asks_the_server(engine, image):
+    """Without a Jupyter server the healthcheck fails (it is not a fixed-URL probe)."""
+    name = "attnlab-e2e-nojupyter"
+    engine("rm", "-f", name, check=False)
+    engine("run", "-d", "--name", name, "--network", "none", image["ref"], "sleep", "300")
+    try:
+        time.sleep(2)
+        healthy, output = engine.health(name)
+        assert not healthy, output
+    finally:
+        engine("rm", "-f", "-t", "0", name, check=False)
+
+
+# --- the running stack (docker-compose.yml) ------------------------------------------------
+
+def test_pid1_is_tini_and_nothing_runs_as_root(engine, stack, ids):
+    uid, _ = ids
+    script = (
+        "import os\n"
+        "for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):\n"
+        "    try:\n"
+        "        cmd = open('/proc/%d/cmdline' % pid, 'rb').read().replace(b'\\0', b' ')\n"
+        "        status = open('/proc/%d/status' % pid).read()\n"
+        "        uid = status.split('Uid:')[1].split()[0]\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    print(pid, uid, cmd.decode(errors='replace').strip())\n")
+    table = in_container(engine, stack["id"], "python3", "-c", script).stdout
+    rows = [line.split(" ", 2) for line in table.strip().splitlines()]
+    assert rows[0][0] == "1" and rows[0][2].split()[0].endswith("tini"), table
+    assert all(row[1] == str(uid) for row in rows), "a process is not UID %d:\n%s" % (uid, table)
+    assert any("jupyter-lab" in row[2] or "jupyter lab" in row[2] for row in rows), table
+    assert any("sshd" in row[2] for row in rows), table
+
+
+def test_ports_are_published_on_loopback_only(engine, stack):
+    ports = json.loads(engine("inspect", stack["id"]).stdout)[0]["NetworkSettings"]["Ports"]
+    published = [binding for bindings in ports.values() for binding in (bindings or [])]
+    assert len(published) == 2, ports
+    assert all(binding["HostIp"] == "127.0.0.1" for binding in published), ports
+
+
+def test_jupyter_requires_the_token(stack):
+    token = stack["token"]
+    status, _, _ = http("/api/contents")
+    assert status == 403
+    status, _, _ = http("/api/contents", token="wrong-" + token)
+    assert status == 403
+    status, headers, _ = http("/lab")
+    assert status in (302, 403), status
+    if status == 302:
+        assert "/login" in headers.get("Location", ""), headers
+    status, _, body = http("/api/contents", token=token)
+    assert status == 200 and '"content"' in body
+    status, _, body = http("/lab?token=" + token)
+    assert status == 200 and "JupyterLab" in body
+
+
+def test_tensorboard_is_behind_the_token(stack):
+    status, _, _ = http("/tensorboard/")
+    assert status in (302, 403), status
+    status, _, body = http("/tensorboard/data/logdir", token=stack["token"], timeout=180)
+    assert status == 200, body[:2000]
+    assert json.loads(body)["logdir"] == "/workspace/runs"
+
+
+def test_healthcheck_reports_healthy(engine, stack):
+    healthy, output = engine.health(stack["id"])
+    assert healthy, output
+
+
+def test_ssh_logs_in_with_the_key_and_imports_attnlab(stack, ssh_key, engine, ids, workdir):
+    # The host key the server shows is the one whose fingerprint the log printed.
+    scan = run(["ssh-keyscan", "-p", str(SSH_PORT), "-t", "ed25519", "127.0.0.1"]).stdout
+    known_hosts = workdir / "known_hosts"
+    known_hosts.write_text(scan)
+    fingerprint = run(["ssh-keygen", "-l", "-f", str(known_hosts)]).stdout.split()[1]
+    assert fingerprint in engine("logs", stack["id"]).stdout
+
+    out = ssh(ssh_key, "id -u; python -c 'import attnlab; print(attnlab.__file__)'",
+              known_hosts=known_hosts).stdout.split()
+    assert out[0] == str(ids[0])
+    assert out[1] == "/workspace/attnlab/__init__.py"
+
+
+def test_ssh_sessions_see_the_image_environment(stack, ssh_key, engine, image):
+    env = image_env(engine, image["ref"])
+    wanted = ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "LANG"]
+    wanted += [name for name in env if name.startswith(("CUDA_", "NVIDIA_"))]
+    assert {"PATH", "LD_LIBRARY_PATH", "PYTHONPATH"} <= set(env), env
+    script = "; ".join("printf '%%s=%%s\\n' %s \"$%s\"" % (n, n) for n in wanted)
+    for command in (script, "bash -lc %s" % shlex.quote(script)):  # plain command, login shell
+        seen = dict(line.split("=", 1) for line in ssh(ssh_key, command).stdout.splitlines())
+        for name in wanted:
+            if name in env:
+                assert seen.get(name) == env[name], (command, name, seen.get(name), env[name])
+        assert "JUPYTER_TOKEN" not in ssh(ssh_key, "env").stdout
+
+
+def test_ssh_password_and_root_logins_are_refused(stack, ssh_key):
+    result = run(["ssh", "-v", "-p", str(SSH_PORT), "-o", "BatchMode=yes",
+                  "-o", "PubkeyAuthentication=no", "-o", "StrictHostKeyChecking=no",
+                  "-o", "UserKnownHostsFile=/dev/null",
+                  "-o", "PreferredAuthentications=password,keyboard-interactive",
+                  "researcher@127.0.0.1", "true"], check=False, timeout=60)
+    assert result.returncode != 0
+    offered = re.findall(r"Authentications that can continue: (\S+)", result.stdout)
+    assert offered and all(methods == "publickey" for methods in offered), result.stdout
+    root = ssh(ssh_key, "id -u", user="root", check=False)
+    assert root.returncode != 0 and "Permission denied" in root.stdout, root.stdout
+
+
+def test_files_written_into_bind_mounts_belong_to_the_host_user(stack, ssh_key, ids):
+    ssh(ssh_key, "mkdir -p /workspace/runs/e2e && echo hello > /workspace/runs/e2e/owned.txt")
+    written = stack["root"] / "runs" / "e2e" / "owned.txt"
+    assert written.read_text() == "hello\n"
+    stat = written.stat()
+    assert (stat.st_uid, stat.st_gid) == ids
+
+
+def test_attnlab_edits_on_the_host_are_live_in_the_container(stack, ssh_key, ids):
+    probe = stack["root"] / "attnlab" / "_e2e_probe.py"
+    probe.write_text("VALUE = 'edited on the host'\n")
+    os.chown(str(probe), *ids)
+    try:
+        out = ssh(ssh_key, "cd /tmp && python -c 'from attnlab import _e2e_probe as p; "
+                           "print(p.VALUE)'").stdout
+        assert "edited on the host" in out
+    finally:
+        probe.unlink()
+
+
+NOTEBOOK_RUNNER = r"""
+import os, sys, nbformat
+from nbclient import NotebookClient
+source, target = sys.argv[1], sys.argv[2]
+nb = nbformat.read(source, as_version=4)
+# papermill's convention: QUICK = True goes right after the cell tagged "parameters".
+cells = nb.cells
+tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+index = tagged[0] + 1 if tagged else 0
+cells.insert(index, nbformat.v4.new_code_cell("QUICK = True  # injected by the e2e test"))
+NotebookClient(nb, timeout=900, kernel_name="python3",
+               resources={"metadata": {"path": os.path.dirname(source)}}).execute()
+nbformat.write(nb, target)
+print("executed", source, "->", target)
+"""
+
+
+def test_every_shipped_notebook_executes_in_the_container(engine, stack, ids):
+    notebooks = sorted((stack["root"] / "notebooks").glob("*.ipynb"))
+    assert notebooks, "no notebook in notebooks/: there must be at least one to execute"
+    out_dir = "/workspace/runs/e2e/executed"
+    in_container(engine, stack["id"], "mkdir", "-p", out_dir)
+    failures = []
+    for notebook in notebooks:
+        started = time.monotonic()
+        result = in_container(engine, stack["id"], "python3", "-c", NOTEBOOK_RUNNER,
+                              "/workspace/notebooks/" + notebook.name,
+                              "%s/%s" % (out_dir, notebook.name),
+                              env={"ATTNLAB_QUICK": "1"}, check=False, timeout=1800)
+        METRICS["notebook %s, s" % notebook.name] = round(time.monotonic() - started, 1)
+        if result.returncode != 0:
+            failures.append("%s:\n%s" % (notebook.name, result.stdout[-6000:]))
+    assert not failures, "\n\n".join(failures)
+    executed = stack["root"] / "runs" / "e2e" / "executed" / notebooks[0].name
+    assert executed.stat().st_uid == ids[0]
+
+
+def test_attnlab_unit_tests_pass_in_the_container_on_tf29(engine, stack):
+    """The unit suite (everything under tests/ except container and browser) on TF 2.9."""
+    version = in_container(engine, stack["id"], "python3", "-c",
+                           "import sys, tensorflow as tf; print(sys.version, tf.__version__)")
+    assert "2.9.0" in version.stdout, version.stdout
+    suites = sorted(p.name for p in (stack["root"] / "tests").iterdir()
+                    if p.is_dir() and p.name not in ("container", "browser", "__pycache__")
+                    and any(p.rglob("test_*.py")))
+    assert suites, "no unit tests found under tests/"
+    started = time.monotonic()
+    result = in_container(engine, stack["id"], "bash", "-c",
+                          "cd /workspace && python3 -m pytest -q -p no:cacheprovider "
+                          "--durations=5 " + " ".join("tests/" + s for s in suites),
+                          check=False, timeout=3000)
+    METRICS["unit tests in the container (%s), s" % ", ".join(suites)] = \
+        round(time.monotonic() - started, 1)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    METRICS["unit tests in the container, result"] = summary
+    assert result.returncode == 0, result.stdout[-20000:]
+
+
+DETACHED = ("import os, time\n"
+            "path = '/workspace/runs/e2e/heartbeat'\n"
+            "while True:\n"
+            "    open(path, 'w').write('%d %f' % (os.getpid(), time.time()))\n"
+            "    time.sleep(0.5)\n")
+
+
+def test_process_started_over_ssh_in_its_own_session_outlives_the_ssh_session(stack, ssh_key):
+    """Stands in for `attnlab train --detach` (not built yet): a process started over SSH
+    with setsid, and one in a tmux session, keep running after the SSH session has ended."""
+    heartbeat = stack["root"] / "runs" / "e2e" / "heartbeat"
+    first = ssh(ssh_key, "setsid nohup python3 -c %s > /dev/null 2>&1 < /dev/null & echo $!"
+                % shlex.quote(DETACHED)).stdout.strip()
+    pid = int(first)
+    ssh(ssh_key, "tmux new-session -d -s e2e-train 'python3 -c \"import time; time.sleep(3600)\"'")
+    time.sleep(3)  # both SSH sessions have ended
+    before = heartbeat.read_text()
+    time.sleep(2)
+    after = heartbeat.read_text()
+    assert before.split()[0] == str(pid) and after != before, (before, after)
+    check = ssh(ssh_key, "kill -0 %d && tmux has-session -t e2e-train && echo alive" % pid)
+    assert check.stdout.strip().endswith("alive")
+
+
+TERM_WATCHER = ("import signal, sys, time\n"
+                "def stop(*_):\n"
+                "    open('/workspace/runs/e2e/term.txt', 'w').write('checkpoint written')\n"
+                "    sys.exit(0)\n"
+                "signal.signal(signal.SIGTERM, stop)\n"
+                "open('/workspace/runs/e2e/term-ready.txt', 'w').write('ready')\n"
+                "while True: time.sleep(0.2)\n")
+
+
+def test_stop_sends_sigterm_to_detached_processes_and_restart_works(engine, stack, ssh_key):
+    """`compose stop`: a detached process gets SIGTERM (time to checkpoint); then `compose
+    start` of the same container: healthy again, same host key (idempotent entrypoint)."""
+    root = stack["root"]
+    ssh(ssh_key, "setsid nohup python3 -c %s > /dev/null 2>&1 < /dev/null &"
+        % shlex.quote(TERM_WATCHER))
+    deadline = time.monotonic() + 30
+    while not (root / "runs" / "e2e" / "term-ready.txt").exists():
+        assert time.monotonic() < deadline, "the watcher did not start"
+        time.sleep(0.5)
+    key_before = host_key_line()
+
+    started = time.monotonic()
+    engine.compose(root, "stop", timeout=300)
+    METRICS["compose stop, s"] = round(time.monotonic() - started, 1)
+    assert (root / "runs" / "e2e" / "term.txt").read_text() == "checkpoint written"
+
+    engine.compose(root, "start", timeout=600)
+    assert container_of(engine) == stack["id"]
+    wait_healthy(engine, stack["id"])
+    assert host_key_line() == key_before
+    status, _, _ = http("/api/contents", token=stack["token"])
+    assert status == 200
