@@ -23,9 +23,12 @@ def _as_call(inputs):
 
 def _keras_inputs(data):
     """tf.keras.Input placeholders with the shapes and dtypes of `data` (batch left free)."""
-    def make(array):
+    def make(array, name=None):
         array = np.asarray(array)
-        return tf.keras.Input(shape=array.shape[1:], dtype=tf.as_dtype(array.dtype))
+        return tf.keras.Input(shape=array.shape[1:], dtype=tf.as_dtype(array.dtype), name=name)
+    if isinstance(data, dict):
+        # Named inputs, so that fit() can match a dict of arrays to them.
+        return {name: make(array, name) for name, array in data.items()}
     return tf.nest.map_structure(make, data)
 
 
