@@ -1,0 +1,173 @@
+"""The Transformer decoder block (Vaswani et al. 2017): causal self-attention, cross-attention
+on the encoder output, feed-forward; residuals and LayerNorm; KV cache for decoding."""
+import tensorflow as tf
+
+from attnlab.layers.multi_head_attention import MultiHeadAttention
+from attnlab.layers.transformer_encoder import (
+    TransformerEncoderBlock,
+    build_sublayer,
+    key_padding_mask,
+    model_depth,
+    without_keras_mask,
+)
+from attnlab.ops.masks import combine_masks
+from attnlab.ops.validation import check_floating
+
+
+@tf.keras.utils.register_keras_serializable(package="attnlab")
+class TransformerDecoderBlock(TransformerEncoderBlock):
+    """One Transformer decoder layer: causal self-attention, cross-attention, feed-forward.
+
+    Post-norm (`norm_first=False`): x = LN(x + Drop(SelfMHA(x))); x = LN(x + Drop(CrossMHA(x,
+    enc))); x = LN(x + Drop(FFN(x))). Pre-norm applies each LN to the sublayer input instead.
+    Each head has D // num_heads dimensions; the encoder output must have depth D too.
+
+    Args:
+        num_heads: attention heads H; must divide the model depth D.
+        intermediate_dim: width of the feed-forward hidden layer.
+        dropout: rate of the residual-branch dropouts and of the attention weights.
+        norm_first: pre-norm instead of post-norm.
+        activation: feed-forward activation.
+        layer_norm_epsilon: epsilon of the LayerNorms.
+        use_cross_attention: include the cross-attention sublayer (False gives a
+            decoder-only, GPT-style block).
+        kernel_initializer: initializer of every kernel.
+        bias_initializer: initializer of every bias.
+        **kwargs: base Layer arguments.
+
+    Call arguments:
+        inputs: (B, T, D) decoder sequence.
+        encoder_output: (B, S, D); required with cross-attention, refused without.
+        attention_mask: optional self-attention mask broadcastable to (B, T, T), or to
+            (B, T, S_max) with a cache; combined with the causal mask.
+        encoder_mask: (B, S) encoder padding mask (default: encoder_output's Keras mask).
+        mask: (B, T) decoder padding mask (passed automatically by Keras); hides padded
+            decoder keys. Not used with a cache (it describes only the new tokens).
+        self_attention_cache: `(key_cache, value_cache)` of the self-attention, see
+            `init_cache`.
+        cache_update_index: position of the first of the T new tokens in the cache.
+        return_attention_scores: also return {"self": (B, H, T, T or S_max),
+            "cross": (B, H, T, S)}.
+        training: dropout switch.
+
+    Returns:
+        (B, T, D); then the attention weight dict when asked; then the updated cache
+        when a cache is given: `(output, cache)` or `(output, scores, cache)`.
+
+    Example:
+        >>> block = TransformerDecoderBlock(num_heads=2, intermediate_dim=32)
+        >>> block(tf.random.normal([2, 4, 8]), tf.random.normal([2, 6, 8])).shape
+        TensorShape([2, 4, 8])
+    """
+
+    def __init__(self, num_heads, intermediate_dim, dropout=0.0, norm_first=False,
+                 activation="relu", layer_norm_epsilon=1e-5, use_cross_attention=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(num_heads, intermediate_dim, dropout=dropout, norm_first=norm_first,
+                         activation=activation, layer_norm_epsilon=layer_norm_epsilon,
+                         kernel_initializer=kernel_initializer,
+                         bias_initializer=bias_initializer, **kwargs)
+        if not isinstance(use_cross_attention, bool):
+            raise TypeError("use_cross_attention must be a bool, got %r"
+                            % (use_cross_attention,))
+        self.use_cross_attention = use_cross_attention
+
+    def build(self, input_shape):
+        # Self-attention and feed-forward as in the encoder block; the cross-attention is
+        # built here too (encoder depth = D), so every variable exists before a load.
+        super().build(input_shape)
+        depth = model_depth(input_shape, self.num_heads, type(self).__name__)
+        shape = tf.TensorShape([None, None, depth])
+        if self.use_cross_attention:
+            self.cross_attention = MultiHeadAttention(
+                self.num_heads, depth // self.num_heads, dropout=self.dropout,
+                kernel_initializer=_clone(self.kernel_initializer),
+                bias_initializer=_clone(self.bias_initializer), dtype=self._dtype_policy,
+                name="cross_attention")
+            build_sublayer(self.cross_attention, shape, shape)
+            self.cross_attention_norm = tf.keras.layers.LayerNormalization(
+                epsilon=self.layer_norm_epsilon, dtype=self._dtype_policy,
+                name="cross_attention_norm")
+            build_sublayer(self.cross_attention_norm, shape)
+            self.cross_attention_dropout = tf.keras.layers.Dropout(
+                self.dropout, dtype=self._dtype_policy)
+
+    def init_cache(self, batch_size, max_length, dtype=None):
+        """An empty self-attention cache: (B, S_max, H, D // H) zeros, twice."""
+        if not self.built:
+            raise ValueError("init_cache needs a built block: call it once or build it with "
+                             "the (B, T, D) input shape first")
+        return self.self_attention.init_cache(batch_size, max_length, dtype)
+
+    def call(self, inputs, encoder_output=None, attention_mask=None, encoder_mask=None,
+             mask=None, self_attention_cache=None, cache_update_index=None,
+             return_attention_scores=False, training=None):
+        if self.use_cross_attention and encoder_output is None:
+            raise ValueError("%s has cross-attention: pass encoder_output (B, S, D), or build "
+                             "it with use_cross_attention=False" % self.name)
+        if not self.use_cross_attention and encoder_output is not None:
+            raise ValueError("%s was built with use_cross_attention=False but got an "
+                             "encoder_output" % self.name)
+        if encoder_output is not None and encoder_mask is None:
+            encoder_mask = getattr(encoder_output, "_keras_mask", None)
+        inputs = tf.convert_to_tensor(inputs)
+        check_floating("inputs", inputs)
+        x = tf.cast(without_keras_mask(inputs), self.compute_dtype)
+        use_cache = self_attention_cache is not None
+        scores = {}
+
+        # Causal self-attention; with a cache the causal mask comes from the cache index.
+        self_mask = combine_masks(None if use_cache else key_padding_mask(mask),
+                                  attention_mask)
+        residual = x
+        if self.norm_first:
+            x = self.self_attention_norm(x)
+        x = without_keras_mask(x)
+        attended = self.self_attention(
+            x, x, attention_mask=self_mask, return_attention_scores=return_attention_scores,
+            training=training, causal=not use_cache, cache=self_attention_cache,
+            cache_update_index=cache_update_index)
+        attended = list(attended) if (use_cache or return_attention_scores) else [attended]
+        if use_cache:
+            new_cache = attended.pop()
+        if return_attention_scores:
+            scores["self"] = attended[1]
+        x = residual + self.self_attention_dropout(attended[0], training=training)
+        if not self.norm_first:
+            x = self.self_attention_norm(x)
+
+        if self.use_cross_attention:
+            memory = tf.cast(without_keras_mask(tf.convert_to_tensor(encoder_output)),
+                             self.compute_dtype)
+            residual = x
+            if self.norm_first:
+                x = self.cross_attention_norm(x)
+            attended = self.cross_attention(
+                without_keras_mask(x), memory, attention_mask=key_padding_mask(encoder_mask),
+                return_attention_scores=return_attention_scores, training=training)
+            if return_attention_scores:
+                attended, scores["cross"] = attended
+            x = residual + self.cross_attention_dropout(attended, training=training)
+            if not self.norm_first:
+                x = self.cross_attention_norm(x)
+
+        x = self.feedforward(x, training=training)
+        outputs = (x,)
+        if return_attention_scores:
+            outputs += (scores,)
+        if use_cache:
+            outputs += (new_cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def get_config(self):
+        config = super().get_config()
+        # The attention kernel choice is an encoder-block argument only: the decoder's
+        # attention is always "full".
+        for name in ("attention_impl", "window", "chunk_size"):
+            config.pop(name)
+        config["use_cross_attention"] = self.use_cross_attention
+        return config
+
+
+def _clone(initializer):
+    return initializer.__class__.from_config(initializer.get_config())
