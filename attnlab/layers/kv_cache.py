@@ -54,6 +54,11 @@ def update_cache(cache, new, index):
 
     Returns:
         The updated cache, with the static shape of `cache`.
+
+    Example:
+        >>> cache = update_cache(tf.zeros([1, 4, 1, 1]), tf.ones([1, 2, 1, 1]), 1)
+        >>> cache.numpy().ravel().tolist()
+        [0.0, 1.0, 1.0, 0.0]
     """
     cache = tf.convert_to_tensor(cache)
     new = tf.convert_to_tensor(new, dtype=cache.dtype)

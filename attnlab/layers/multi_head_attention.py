@@ -99,6 +99,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             is read as precomputed keys/values (e.g. cross-attention). Keras masks of
             value/key are not used with a cache (they describe only the new tokens).
         cache_update_index: scalar int position of the first new token in the cache.
+            With "local" attention, cached decoding uses the causal band of `window`
+            positions at the queries' absolute positions.
 
     Returns:
         (B, T, Dout) output; `(output, scores)` with `return_attention_scores`;
