@@ -464,7 +464,7 @@ class Trainer:
                 cardinality = int(dataset.cardinality().numpy())
                 target = cardinality + skip if cardinality >= 0 else None
             bar = tf.keras.utils.Progbar(target, verbose=1 if self.verbose else 0,
-                                         stateful_metrics=["loss"]) \
+                                         stateful_metrics=None) \
                 if self.is_chief else None
             if bar is not None and skip:
                 bar.update(skip)
@@ -486,8 +486,9 @@ class Trainer:
                     if run:
                         run.log("skipped %s: non-finite loss or gradient" % where)
                 if bar is not None:
-                    bar.update(int(self.batch_in_epoch.numpy()),
-                               [("loss", float(self.loss_metric.result().numpy()))])
+                    # The step's global loss, not the metric: reading a synced metric is a
+                    # collective op that every worker would have to run in the same order.
+                    bar.update(int(self.batch_in_epoch.numpy()), [("loss", float(loss.numpy()))])
                 if self.checkpoint_every and step % self.checkpoint_every == 0:
                     self.save()
                 if self._stop_requested:
