@@ -34,7 +34,7 @@ from attnlab.viz.rollout import attention_rollout
 from attnlab.viz.snapshots import AttentionSnapshot, load_attention_snapshots, make_snapshot
 
 HEAD_AGGREGATES = ("mean", "max", "rollout")
-_DIM = (1.0, 1.0, 1.0, 0.6)  # RGBA laid over rows that are not selected
+_DIM = (1.0, 1.0, 1.0, 0.6)  # white at 60% over the rows that are not selected
 
 
 def _frames(source, query_tokens, key_tokens):
@@ -204,6 +204,11 @@ class AttentionExplorer:
             self._panels.append(_Panel(other, "compare"))
         self.export_dir = export_dir or run_dir or os.getcwd()
         self.cmap = cmap
+        import matplotlib
+
+        self._lut = matplotlib.colormaps[cmap](np.arange(256), bytes=True) \
+            if hasattr(matplotlib, "colormaps") else \
+            matplotlib.cm.get_cmap(cmap)(np.arange(256), bytes=True)
         self.max_ticks = max_ticks
         self.example = 0
         self.selected_tokens = ()
@@ -263,10 +268,10 @@ class AttentionExplorer:
             ax = self.figure.add_subplot(grid[0, i])
             strip_ax = self.figure.add_subplot(grid[1, i], sharex=ax)
             panel.ax, panel.strip_ax = ax, strip_ax
-            panel.image = ax.imshow(np.zeros((1, 1)), cmap=self.cmap, interpolation="nearest",
-                                    aspect="auto", vmin=0, vmax=1)
-            panel.overlay = ax.imshow(np.zeros((1, 1, 4)), interpolation="nearest",
-                                      aspect="auto")
+            # The heatmap is an RGBA uint8 image coloured here at data resolution: Agg then
+            # only resamples bytes, instead of colour-mapping every screen pixel.
+            panel.image = ax.imshow(np.zeros((1, 1, 4), np.uint8), interpolation="nearest",
+                                    aspect="auto")
             panel.strip = strip_ax.imshow(np.zeros((1, 1)), cmap=self.cmap, aspect="auto",
                                           interpolation="nearest", vmin=0, vmax=1)
             panel.hover_row = ax.add_patch(Rectangle((0, 0), 1, 1, fill=False, lw=1.2,
@@ -525,6 +530,19 @@ class AttentionExplorer:
         q0, k0 = min(q0, q1 - 1), min(k0, k1 - 1)
         return m[q0:q1, k0:k1], (q0, q1, k0, k1)
 
+    def _colorize(self, data, vmax, dim_rows):
+        """RGBA uint8 of `data` on [0, vmax]; rows other than `dim_rows` washed out in white."""
+        # As matplotlib's Normalize + Colormap: index floor(x * N), the top value in bin N-1.
+        index = (data * (self._lut.shape[0] / vmax)).astype(np.intp)
+        np.clip(index, 0, self._lut.shape[0] - 1, out=index)
+        rgba = self._lut[index]
+        if dim_rows:
+            keep = np.zeros(data.shape[0], bool)
+            keep[dim_rows] = True
+            faded = rgba[~keep].astype(np.float32) * (1 - _DIM[3]) + 255.0 * _DIM[3]
+            rgba[~keep] = faded.astype(np.uint8)
+        return rgba
+
     def _refresh(self, full=False):
         vmax = 0.0
         views = []
@@ -534,20 +552,13 @@ class AttentionExplorer:
             vmax = max(vmax, float(data.max()))
         vmax = vmax if vmax > 0 else 1.0
         for panel, data, (q0, q1, k0, k1) in views:
-            panel.image.set_data(data)
-            panel.image.set_clim(0.0, vmax)  # one scale for both panels
             rows = [r for r in self.selected_tokens if q0 <= r < q1]
+            panel.data, panel.clim = data, (0.0, vmax)  # one scale for both panels
+            panel.image.set_data(self._colorize(data, vmax, [r - q0 for r in rows]))
             chosen = [r - q0 for r in rows] if rows else list(range(q1 - q0))
             summed = data[chosen].sum(axis=0, keepdims=True)
             panel.strip.set_data(summed)
             panel.strip.set_clim(0.0, max(float(summed.max()), 1e-12))
-            # The dimming overlay is drawn only while tokens are selected (it costs a draw).
-            overlay = np.zeros(data.shape + (4,), np.float32)
-            if rows:
-                overlay[:] = _DIM
-                overlay[[r - q0 for r in rows]] = 0.0
-            panel.overlay.set_data(overlay)
-            panel.overlay.set_visible(bool(rows))
             panel.title.set_text("%s \u00b7 max %.3g" % (panel.describe(), float(data.max())))
             key = (self.example, q0, q1, k0, k1, tuple(self._query_tokens(panel)),
                    tuple(panel.tokens(self.example, panel.weights().shape[3])))
@@ -569,8 +580,7 @@ class AttentionExplorer:
 
     def _layout(self, panel, q0, q1, k0, k1):
         extent = (k0 - 0.5, k1 - 0.5, q1 - 0.5, q0 - 0.5)
-        for image in (panel.image, panel.overlay):
-            image.set_extent(extent)
+        panel.image.set_extent(extent)
         panel.strip.set_extent((k0 - 0.5, k1 - 0.5, 0.5, -0.5))
         panel.ax.set_xlim(k0 - 0.5, k1 - 0.5)
         panel.ax.set_ylim(q1 - 0.5, q0 - 0.5)
@@ -587,7 +597,7 @@ class AttentionExplorer:
         """Artists redrawn on every update, in drawing order."""
         artists = []
         for panel in self._panels:
-            artists += [panel.image, panel.overlay, panel.strip, panel.title]
+            artists += [panel.image, panel.strip, panel.title]
         for panel in self._panels:  # spines lie on top of the images, as in a full draw
             for ax in (panel.ax, panel.strip_ax):
                 artists += list(ax.spines.values())
@@ -618,7 +628,11 @@ class AttentionExplorer:
     # ---------------------------------------------------------------- reading back
     def image_data(self, panel=0):
         """The (T', S') array the heatmap of `panel` (0 = left, 1 = compare) now shows."""
-        return np.asarray(self._panels[panel].image.get_array())
+        return self._panels[panel].data
+
+    def color_limits(self, panel=0):
+        """(vmin, vmax) of the heatmap colours of `panel` (shared by both panels)."""
+        return self._panels[panel].clim
 
     def strip_data(self, panel=0):
         """The (S',) summed attention the strip under `panel` now shows."""

@@ -116,12 +116,18 @@ def test_token_selection_sums_rows_and_dims_the_rest():
     ex.controls["tokens"].value = (1, 3)
     np.testing.assert_allclose(ex.strip_data(), w["enc0"][0, 0][[1, 3]].sum(0), rtol=1e-6)
     assert ex.state["selected_tokens"] == [1, 3]
-    overlay = np.asarray(ex._panels[0].overlay.get_array())
-    assert overlay[0, 0, 3] > 0 and overlay[1, 0, 3] == 0 and overlay[3, 4, 3] == 0
+    # Selected rows keep the colormap's colours, the others are washed out with white.
+    data = w["enc0"][0, 0]
+    want = matplotlib.colormaps["viridis"](data / data.max(), bytes=True).astype(int)
+    rgba = np.asarray(ex._panels[0].image.get_array()).astype(int)
+    assert np.abs(rgba[[1, 3]] - want[[1, 3]]).max() <= 1
+    faded = want[[0, 2, 4], :, :3] * 0.4 + 255 * 0.6
+    assert np.abs(rgba[[0, 2, 4], :, :3] - faded).max() <= 1.5
     assert ex.png() != before
     ex.set_state(selected_tokens=[])
     assert ex.controls["tokens"].value == ()
-    assert not ex._panels[0].overlay.get_visible()
+    rgba = np.asarray(ex._panels[0].image.get_array()).astype(int)
+    assert np.abs(rgba - want).max() <= 1
 
 
 def test_windows_crop_data_and_labels():
@@ -162,8 +168,8 @@ def test_compare_two_heads_side_by_side_on_one_scale():
     np.testing.assert_allclose(ex.image_data(1), w["enc1"][0].mean(0), rtol=1e-6)
     assert ex.state["compare"] == {"layer": "enc1", "head": "mean", "step": None}
     top = max(w["enc0"][0, 0].max(), w["enc1"][0].mean(0).max())
-    for panel in ex._panels:
-        assert panel.image.get_clim() == pytest.approx((0.0, top))
+    for panel in (0, 1):
+        assert ex.color_limits(panel) == pytest.approx((0.0, top))
     ex.controls["example"].value = 1  # the example is shared by both panels
     np.testing.assert_allclose(ex.image_data(1), w["enc1"][1].mean(0), rtol=1e-6)
 
