@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import tarfile
 import time
+from pathlib import Path
 
 from .conftest import METRICS, SSH_PORT, container_of, http, run, wait_healthy
 
@@ -47,7 +49,7 @@ def image_env(engine, ref):
 
 def run_once(engine, image, *args, env=None, volumes=(), timeout=120):
     """`run --rm` the image with the given command; returns the CompletedProcess."""
-    cmd = ["run", "--rm", "--network", "none"]
+    cmd = ["run", "--rm", "--network", "none", "--no-healthcheck"]
     for name, value in (env or {}).items():
         cmd += ["-e", "%s=%s" % (name, value)]
     for volume in volumes:
@@ -102,6 +104,18 @@ def test_no_host_keys_token_or_secrets_in_any_image_layer(engine, image, project
     assert ours and len(ours) < len(layers), (len(ours), len(layers))
 
     needles = {name: text.encode() for name, text in project["markers"].items()}
+    # The build trusted the host's CA bundle through the extra_ca secret; certificates that
+    # no bundle in the image has (this machine's proxy CA) must not be stored anywhere.
+    in_image = engine("run", "--rm", "--network", "none", "--no-healthcheck", "--entrypoint",
+                      "sh", image["ref"], "-c", "cat /etc/ssl/certs/ca-certificates.crt; "
+                      "find / -xdev -name cacert.pem -exec cat {} + 2>/dev/null",
+                      stderr=subprocess.PIPE).stdout
+    host_certs = re.findall(r"-----BEGIN CERTIFICATE-----\n(.+?)-----END",
+                            Path("/etc/ssl/certs/ca-certificates.crt").read_text(), re.S)
+    extra = [cert for cert in host_certs if cert not in in_image]
+    METRICS["host CA certificates absent from the image (proxy CAs), checked"] = len(extra)
+    for number, cert in enumerate(extra):
+        needles["extra CA certificate %d" % number] = cert.splitlines()[1].encode()
     bad_names = re.compile(r"(^|/)(\.env|\.env\..*|id_ed25519.*|id_rsa.*|authorized_keys|"
                            r"ssh_host_.*|attnlab-ca\.pem|extra_ca|jpserver-.*\.json)$")
     found = []
@@ -174,8 +188,9 @@ def test_host_keys_are_made_per_volume_and_kept(engine, image):
     finally:
         for volume in volumes:
             engine("volume", "rm", "-f", volume, check=False)
-    bare = engine("run", "--rm", "--network", "none", "--entrypoint", "sh", image["ref"], "-c",
-                  "ls -A %s; ls /etc/ssh | grep ssh_host_ || true" % STATE_KEYS)
+    bare = engine("run", "--rm", "--network", "none", "--no-healthcheck", "--entrypoint", "sh",
+                  image["ref"], "-c", "ls -A %s; ls /etc/ssh | grep ssh_host_ || true" % STATE_KEYS,
+                  stderr=subprocess.PIPE)
     assert bare.stdout.strip() == "", "the image carries host keys: %s" % bare.stdout
 
 
@@ -205,7 +220,7 @@ def test_pid1_is_tini_and_nothing_runs_as_root(engine, stack, ids):
         "        uid = status.split('Uid:')[1].split()[0]\n"
         "    except OSError:\n"
         "        continue\n"
-        "    print(pid, uid, cmd.decode(errors='replace').strip())\n")
+        "    print(pid, uid, cmd.decode(errors='replace').replace('\\n', ' ').strip())\n")
     table = in_container(engine, stack["id"], "python3", "-c", script).stdout
     rows = [line.split(" ", 2) for line in table.strip().splitlines()]
     assert rows[0][0] == "1" and rows[0][2].split()[0].endswith("tini"), table
