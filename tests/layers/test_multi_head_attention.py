@@ -73,11 +73,12 @@ def test_weight_names_and_shapes_follow_keras():
         (5, 2, 3), (2, 3), (8, 2, 3), (2, 3), (6, 2, 4), (2, 4), (2, 4, 7), (7,)]
 
 
-def test_causal_matches_keras_use_causal_mask():
+def test_causal_matches_keras_with_a_causal_mask():
     rng = np.random.RandomState(1)
     x = random(rng, 2, 5, 6)
     ref, layer = keras_pair(2, 3)
-    expected = ref(x, x, use_causal_mask=True)
+    # An explicit lower-triangular mask: `use_causal_mask` is Keras 2.10+.
+    expected = ref(x, x, attention_mask=reference.causal(5))
     layer(x, x)
     layer.set_weights(ref.get_weights())
     np.testing.assert_allclose(layer(x, x, causal=True).numpy(), expected.numpy(), atol=ATOL)
@@ -91,12 +92,15 @@ def test_keras_masks_of_query_and_value_are_used_like_keras():
     ref, layer = keras_pair(2, 3)
     qi = tf.keras.Input((4,), dtype="int32")
     vi = tf.keras.Input((3,), dtype="int32")
-    eq, ev = embed_q(qi), embed_v(vi)
-    ref_model = tf.keras.Model([qi, vi], ref(eq, ev))
-    out = layer(eq, ev)
+    out = layer(embed_q(qi), embed_v(vi))
     model = tf.keras.Model([qi, vi], out)
-    layer.set_weights(ref.get_weights())
-    got, expected = model([q_ids, v_ids]).numpy(), ref_model([q_ids, v_ids]).numpy()
+    got = model([q_ids, v_ids]).numpy()
+    # Keras MHA given the equivalent explicit mask (query mask & value mask), since only
+    # Keras >= 2.10 reads the Keras masks itself.
+    ref(embed_q(q_ids), embed_v(v_ids))
+    ref.set_weights(layer.get_weights())
+    explicit = (q_ids != 0)[:, :, None] & (v_ids != 0)[:, None, :]
+    expected = ref(embed_q(q_ids), embed_v(v_ids), attention_mask=explicit).numpy()
     real = q_ids != 0  # padded query rows: Keras spreads them uniformly, attnlab zeros them
     np.testing.assert_allclose(got[real], expected[real], atol=ATOL)
     assert out._keras_mask is not None  # the query mask is passed on

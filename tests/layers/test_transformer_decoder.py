@@ -37,7 +37,7 @@ def keras_decoder(block, x, memory=None, decoder_mask=None, encoder_mask=None):
                   block.feedforward_intermediate, x.shape)
     dense2 = copy(tf.keras.layers.Dense(depth), block.feedforward_output,
                   (b, t, block.intermediate_dim))
-    self_mask = np.ones((b, t, t), bool)
+    self_mask = np.tril(np.ones((b, t, t), bool))  # causal (use_causal_mask is Keras 2.10+)
     if decoder_mask is not None:
         self_mask = self_mask & decoder_mask[:, None, :]
     scores = {}
@@ -48,7 +48,7 @@ def keras_decoder(block, x, memory=None, decoder_mask=None, encoder_mask=None):
         return norm(h + attend(h))
 
     def self_attend(h):
-        out, scores["self"] = self_mha(h, h, attention_mask=self_mask, use_causal_mask=True,
+        out, scores["self"] = self_mha(h, h, attention_mask=self_mask,
                                        return_attention_scores=True)
         return out
 
