@@ -2,8 +2,11 @@
 from attnlab.layers.additive_attention import AdditiveAttention
 from attnlab.layers.cbam import CBAM
 from attnlab.layers.channel_attention import ChannelAttention
+from attnlab.layers.custom_attention import CustomAttention
 from attnlab.layers.gated_attention import GatedAttention
+from attnlab.layers.kv_cache import empty_cache, update_cache
 from attnlab.layers.luong_attention import LuongAttention
+from attnlab.layers.multi_head_attention import MultiHeadAttention
 from attnlab.layers.positional import (
     LearnedPositionEmbedding,
     RelativePositionBias,
@@ -12,17 +15,25 @@ from attnlab.layers.positional import (
 )
 from attnlab.layers.spatial_attention import SpatialAttention
 from attnlab.layers.squeeze_excitation import SqueezeExcitation
+from attnlab.layers.transformer_decoder import TransformerDecoderBlock
+from attnlab.layers.transformer_encoder import TransformerEncoderBlock
 
 __all__ = [
     "AdditiveAttention",
     "CBAM",
     "ChannelAttention",
+    "CustomAttention",
     "GatedAttention",
     "LearnedPositionEmbedding",
     "LuongAttention",
+    "MultiHeadAttention",
     "RelativePositionBias",
     "RotaryEmbedding",
     "SinusoidalPositionEncoding",
     "SpatialAttention",
     "SqueezeExcitation",
+    "TransformerDecoderBlock",
+    "TransformerEncoderBlock",
+    "empty_cache",
+    "update_cache",
 ]

@@ -1,0 +1,22 @@
+"""The README's example must keep working: run it and train the model it builds for a step."""
+import pathlib
+import re
+
+import numpy as np
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_model_example_builds_and_trains():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    assert blocks, "README.md has no python example"
+    namespace = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102
+    model = namespace["model"]
+    ids = np.random.RandomState(0).randint(1, 1000, size=(4, 40))
+    ids[:, 30:] = 0
+    logits = model(ids)
+    assert logits.shape == (4, 2)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = model.fit(ids, np.array([0, 1, 0, 1]), verbose=0)
+    assert np.isfinite(history.history["loss"][0])
