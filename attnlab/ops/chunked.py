@@ -208,8 +208,10 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                     tf.fill(tf.concat([rows, [1]], 0), mask_value(acc_dtype)),
                     tf.zeros(tf.concat([rows, [1]], 0), acc_dtype))
             needed = key_chunks_needed(q_index)
+            # One iteration at a time: with the default 10 the executor starts the score
+            # matmuls of later key chunks early and holds up to 10 (chunk x chunk) blocks.
             _, acc, _, row_sum = tf.while_loop(lambda k_index, *_: k_index < needed, step,
-                                               init)
+                                               init, parallel_iterations=1)
             # Rows that saw no key have row_sum == 0: zero output instead of 0 / 0.
             return tf.cast(tf.math.divide_no_nan(acc, row_sum), dtype)
 
@@ -219,7 +221,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         q, q_index = elems
         return attend_query_chunk(q_index)(q, k_chunks, v_chunks)
 
-    out = tf.map_fn(per_query_chunk, (q_chunks, tf.range(num_q)), fn_output_signature=dtype)
+    out = tf.map_fn(per_query_chunk, (q_chunks, tf.range(num_q)), fn_output_signature=dtype,
+                    parallel_iterations=1)
     out = _from_chunks(out, rank)[..., :t, :]
     out_shape = query.shape[:-1].concatenate(value.shape[-1:])
     out.set_shape(out_shape)

@@ -1,0 +1,199 @@
+"""Target 2: chunked attention forward + backward in O(L x chunk) memory.
+
+Each memory case runs in a fresh Python process: TensorFlow imported, inputs allocated,
+then the baseline RSS is taken (and the peak RSS reset to it); the case's peak RSS
+(VmHWM) above that baseline is reported, tracing of the tf.function included. Full
+attention at L=32768 would need more than 24 GiB and is not run: its memory is computed
+from the per-score-element factor measured on full attention at the largest length run.
+Time at L=2048 is measured in one further process, full and chunked interleaved.
+
+Usage:
+    python benchmarks/chunked_memory.py            # the issue's cases (several minutes)
+    python benchmarks/chunked_memory.py --smoke    # tiny sizes, proves it still runs
+"""
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402  (sets up sys.path and the TF log level)
+
+BATCH, HEADS, DEPTH = 1, 8, 64
+MEMORY_GOAL, TIME_GOAL, BIG_GOAL_MIB = 32.0, 1.3, 2048.0
+
+
+def _add_arguments(parser):
+    parser.add_argument("--case", help=argparse_help_case())
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="query and key chunk size of chunked_attention (default 1024)")
+
+
+def argparse_help_case():
+    return "internal: run one case (IMPL:LENGTH or time:LENGTH) in this process"
+
+
+def _sizes(smoke):
+    if smoke:
+        return dict(memory=[("full", 128), ("chunked", 128), ("full", 256), ("chunked", 256),
+                            ("chunked", 512)],
+                    ratio_length=256, big_length=512, time_length=128, chunk=64)
+    return dict(memory=[("full", 2048), ("chunked", 2048), ("full", 8192), ("chunked", 8192),
+                        ("chunked", 32768)],
+                ratio_length=8192, big_length=32768, time_length=2048, chunk=1024)
+
+
+def _step(tf, impl, chunk):
+    """tf.function computing attention and the gradients of sum(out * upstream)."""
+    from attnlab.ops.chunked import chunked_attention
+    from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
+
+    def attend(q, k, v):
+        if impl == "full":
+            return scaled_dot_product_attention(q, k, v)
+        return chunked_attention(q, k, v, query_chunk_size=chunk, key_chunk_size=chunk)
+
+    @tf.function
+    def step(q, k, v, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            loss = tf.reduce_sum(attend(q, k, v) * upstream)
+        return tape.gradient(loss, [q, k, v])
+
+    return step
+
+
+def _inputs(tf, length):
+    shape = [BATCH, HEADS, length, DEPTH]
+    return [tf.random.normal(shape, seed=i) for i in range(4)]
+
+
+def run_memory_case(args, impl, length):
+    """In this (fresh) process: peak RSS above the baseline of one forward + backward."""
+    tf = _harness.configure_threads(args.threads)
+    import time
+
+    inputs = _inputs(tf, length)
+    _harness.fetch(inputs)
+    baseline = _harness.rss_mib()
+    reset = _harness.reset_peak_rss()
+    start = time.perf_counter()
+    step = _step(tf, impl, args.chunk)
+    _harness.fetch(step(*inputs))
+    seconds = time.perf_counter() - start
+    peak = _harness.peak_rss_mib()
+    # A second call, peak reset again: the steady state without tracing and graph
+    # optimization (still above the same baseline).
+    _harness.reset_peak_rss()
+    _harness.fetch(step(*inputs))
+    steady = _harness.peak_rss_mib()
+    print("RESULT " + json.dumps(dict(impl=impl, length=length, baseline_mib=baseline,
+                                      peak_above_mib=peak - baseline,
+                                      steady_above_mib=steady - baseline, seconds=seconds,
+                                      peak_reset=reset)), flush=True)
+
+
+def run_time_case(args, length):
+    """In this process: full and chunked forward + backward timed, interleaved."""
+    tf = _harness.configure_threads(args.threads)
+    inputs = _inputs(tf, length)
+    steps = {impl: _step(tf, impl, args.chunk) for impl in ("full", "chunked")}
+    times = {impl: [] for impl in steps}
+    for impl, step in steps.items():
+        _harness.time_ms(lambda step=step: step(*inputs), args.warmup, 0)
+    for _ in range(args.repeats):  # alternate so both see the same machine load
+        for impl, step in steps.items():
+            times[impl] += _harness.time_ms(lambda step=step: step(*inputs), 0, 1)
+    print("RESULT " + json.dumps(times), flush=True)
+
+
+def _child(args, case):
+    command = [sys.executable, os.path.abspath(__file__), "--case", case,
+               "--threads", str(args.threads), "--repeats", str(args.repeats),
+               "--warmup", str(args.warmup), "--chunk", str(args.chunk)]
+    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError("case %s failed (exit %d):\n%s" % (case, proc.returncode,
+                                                          proc.stderr[-3000:]))
+
+
+def main(argv=None):
+    args = _harness.parse_args(__doc__.splitlines()[0], _add_arguments, argv)
+    sizes = _sizes(args.smoke)
+    if args.chunk is None:
+        args.chunk = sizes["chunk"]
+    if args.case:
+        kind, length = args.case.split(":")
+        if kind == "time":
+            return run_time_case(args, int(length))
+        return run_memory_case(args, kind, int(length))
+
+    tf = _harness.configure_threads(args.threads)
+    _harness.print_header("chunked_memory (target 2): B=%d H=%d dk=%d, chunk %d, forward + "
+                          "backward" % (BATCH, HEADS, DEPTH, args.chunk), args)
+    del tf  # the parent only orchestrates; every measurement is in a child process
+
+    results = {}
+    for impl, length in sizes["memory"]:
+        results[impl, length] = _child(args, "%s:%d" % (impl, length))
+    # Full attention's peak per (B, H, L, L) score tensor, measured at the longest full run.
+    full_length = max(length for impl, length in results if impl == "full")
+    score_mib = BATCH * HEADS * full_length ** 2 * 4 / 2.0 ** 20
+    factor = results["full", full_length]["peak_above_mib"] / score_mib
+    big = sizes["big_length"]
+    big_full_mib = factor * BATCH * HEADS * big ** 2 * 4 / 2.0 ** 20
+
+    rows = []
+    for length in sorted({length for _, length in sizes["memory"]} | {big}):
+        chunked = results.get(("chunked", length))
+        full = results.get(("full", length))
+        full_mib = full["peak_above_mib"] if full else big_full_mib
+        full_cell = ("%.0f" % full_mib) if full else ("%.0f (computed, not run)" % full_mib)
+        scores_mib = BATCH * HEADS * length ** 2 * 4 / 2.0 ** 20
+        rows.append([
+            "L=%d" % length,
+            "%.0f" % chunked["peak_above_mib"] if chunked else "-",
+            full_cell,
+            "%.1fx" % (full_mib / chunked["peak_above_mib"]) if chunked else "-",
+            "%.0f" % scores_mib,
+            "%.1f / %s" % (chunked["seconds"], "%.1f" % full["seconds"] if full else "-")
+            if chunked else "-",
+        ])
+    _harness.table("Peak RSS above baseline (MiB), fresh process per case",
+                   ["case", "chunked", "full", "full / chunked", "one (B,H,L,L) fp32 tensor",
+                    "first step s (chunked / full)"], rows)
+    baselines = ", ".join("%s L=%d: %.0f" % (impl, length, r["baseline_mib"])
+                          for (impl, length), r in sorted(results.items()))
+    print("\nBaselines (MiB, RSS after TF import and input allocation): " + baselines)
+    print("Full attention's peak is %.2f x one (B,H,L,L) float32 tensor at L=%d; the L=%d "
+          "figure is that factor times B*H*L^2*4 bytes." % (factor, full_length, big))
+    if not all(r["peak_reset"] for r in results.values()):
+        print("Note: /proc/self/clear_refs was not writable; peaks include the import peak.")
+
+    timing = _child(args, "time:%d" % sizes["time_length"])
+    full_t, chunked_t = _harness.Timing(timing["full"]), _harness.Timing(timing["chunked"])
+    time_ratio = chunked_t.median / full_t.median
+    _harness.table("Forward + backward time at L=%d (ms, median (min-max) of %d, interleaved)"
+                   % (sizes["time_length"], args.repeats),
+                   ["case", "chunked", "full", "chunked / full"],
+                   [["L=%d" % sizes["time_length"], chunked_t, full_t, "%.2fx" % time_ratio]])
+
+    ratio_length = sizes["ratio_length"]
+    memory_ratio = (results["full", ratio_length]["peak_above_mib"]
+                    / results["chunked", ratio_length]["peak_above_mib"])
+    big_mib = results["chunked", big]["peak_above_mib"]
+    print()
+    _harness.summary("2 chunked memory L=%d" % ratio_length, "%.1fx lower" % memory_ratio,
+                     ">= %.0fx lower" % MEMORY_GOAL, memory_ratio >= MEMORY_GOAL)
+    _harness.summary("2 chunked memory L=%d" % big, "%.0f MiB above baseline" % big_mib,
+                     "<= %.0f MiB" % BIG_GOAL_MIB, big_mib <= BIG_GOAL_MIB)
+    _harness.summary("2 chunked time L=%d" % sizes["time_length"], "%.2fx full" % time_ratio,
+                     "<= %.1fx" % TIME_GOAL, time_ratio <= TIME_GOAL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
