@@ -132,7 +132,7 @@ def _check_builder_section(section_name, section, registry):
     builder = registry[name]
     target = builder.__init__ if inspect.isclass(builder) else builder
     schema = _signature_schema(section_name, target, skip=("self", "name"))
-    for key in FROM_TASK:
+    for key in FROM_TASK if section_name == "model" else ():
         if key in section:
             raise ConfigError("%s.%s: set from the task, remove it from the config"
                               % (section_name, key))
