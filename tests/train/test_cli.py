@@ -22,8 +22,7 @@ eval: {probe_size: 2}
 def _cli(*args, timeout=240):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     return subprocess.run([sys.executable, "-m", "attnlab"] + list(args), env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                          universal_newlines=True)
+                          capture_output=True, timeout=timeout, text=True)
 
 
 def _status(runs, name):
