@@ -3,58 +3,19 @@ import math
 
 import tensorflow as tf
 
-from attnlab.layers.multi_head_attention import MultiHeadAttention
 from attnlab.layers.positional.sinusoidal import SinusoidalPositionEncoding
+from attnlab.layers.transformer_decoder import TransformerDecoderBlock
+from attnlab.layers.transformer_encoder import TransformerEncoderBlock
 from attnlab.ops.validation import check_positive_int, check_rate
-
-
-class _Block(tf.keras.layers.Layer):
-    """Pre-norm residual block: self-attention, optional cross-attention, feed-forward.
-
-    Pre-norm (LayerNorm before each sublayer) trains without warmup tricks at small sizes.
-    """
-
-    def __init__(self, d_model, num_heads, ff_dim, dropout, cross, **kwargs):
-        super().__init__(**kwargs)
-        key_dim = d_model // num_heads
-        self.self_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="self_norm")
-        self.self_attention = MultiHeadAttention(num_heads, key_dim, name="self_attention")
-        self.cross = cross
-        if cross:
-            self.cross_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6,
-                                                                 name="cross_norm")
-            self.cross_attention = MultiHeadAttention(num_heads, key_dim,
-                                                      name="cross_attention")
-        self.ff_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="ff_norm")
-        self.ff_in = tf.keras.layers.Dense(ff_dim, activation="relu", name="ff_in")
-        self.ff_out = tf.keras.layers.Dense(d_model, name="ff_out")
-        self.dropout = tf.keras.layers.Dropout(dropout)
-
-    def call(self, x, self_mask=None, memory=None, memory_mask=None, causal=False,
-             cache=None, cache_index=None, training=None):
-        weights = {}
-        h = self.self_norm(x)
-        if cache is not None:
-            h, w, new_cache = self.self_attention(
-                h, h, return_attention_scores=True, cache=cache, cache_update_index=cache_index)
-        else:
-            new_cache = None
-            h, w = self.self_attention(h, h, attention_mask=self_mask, causal=causal,
-                                       return_attention_scores=True, training=training)
-        weights["self_attention"] = w
-        x = x + self.dropout(h, training=training)
-        if self.cross:
-            h, w = self.cross_attention(self.cross_norm(x), memory, attention_mask=memory_mask,
-                                        return_attention_scores=True, training=training)
-            weights["cross_attention"] = w
-            x = x + self.dropout(h, training=training)
-        h = self.ff_out(self.ff_in(self.ff_norm(x)))
-        return x + self.dropout(h, training=training), weights, new_cache
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
 class TransformerSeq2Seq(tf.keras.Model):
     """Encoder-decoder Transformer over token ids, with cached incremental decoding.
+
+    Built from attnlab's TransformerEncoderBlock / TransformerDecoderBlock in their
+    pre-norm form (LayerNorm before each sublayer, one final LayerNorm per stack), which
+    trains without learning-rate tricks at these small sizes.
 
     Args:
         source_vocab_size, target_vocab_size: vocabulary sizes (id 0 is padding).
@@ -100,10 +61,12 @@ class TransformerSeq2Seq(tf.keras.Model):
         self.target_embedding = tf.keras.layers.Embedding(target_vocab_size, d_model,
                                                           name="target_embedding")
         self.positions = SinusoidalPositionEncoding(name="positions")
-        self.encoder_blocks = [_Block(d_model, num_heads, ff_dim, dropout, False,
-                                      name="encoder_%d" % i) for i in range(num_layers)]
-        self.decoder_blocks = [_Block(d_model, num_heads, ff_dim, dropout, True,
-                                      name="decoder_%d" % i) for i in range(num_layers)]
+        self.encoder_blocks = [
+            TransformerEncoderBlock(num_heads, ff_dim, dropout=dropout, norm_first=True,
+                                    name="encoder_%d" % i) for i in range(num_layers)]
+        self.decoder_blocks = [
+            TransformerDecoderBlock(num_heads, ff_dim, dropout=dropout, norm_first=True,
+                                    name="decoder_%d" % i) for i in range(num_layers)]
         self.encoder_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="enc_norm")
         self.decoder_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="dec_norm")
         self.project = tf.keras.layers.Dense(target_vocab_size, dtype="float32", name="logits")
@@ -113,24 +76,24 @@ class TransformerSeq2Seq(tf.keras.Model):
         return x + tf.cast(self.positions(x, start_index=start_index), x.dtype)
 
     def encode(self, source, training=False, weights=None):
-        """Encoder output (B, S, D) and the source key mask (B, 1, S)."""
+        """Encoder output (B, S, D) and the source padding mask (B, S)."""
         source = tf.convert_to_tensor(source)
-        mask = tf.not_equal(source, 0)[:, tf.newaxis, :]
+        mask = tf.not_equal(source, 0)
         x = self._embed(self.source_embedding, source)
         for i, block in enumerate(self.encoder_blocks):
-            x, w, _ = block(x, self_mask=mask, training=training)
+            x, w = block(x, mask=mask, return_attention_scores=True, training=training)
             if weights is not None:
-                weights["encoder/%d/self_attention" % i] = w["self_attention"]
+                weights["encoder/%d/self_attention" % i] = w["self"]
         return {"outputs": self.encoder_norm(x), "mask": mask}
 
     def _decode(self, target, memory, training=False, weights=None):
         x = self._embed(self.target_embedding, target)
         for i, block in enumerate(self.decoder_blocks):
-            x, w, _ = block(x, memory=memory["outputs"], memory_mask=memory["mask"],
-                            causal=True, training=training)
+            x, w = block(x, encoder_output=memory["outputs"], encoder_mask=memory["mask"],
+                         return_attention_scores=True, training=training)
             if weights is not None:
-                for name, value in w.items():
-                    weights["decoder/%d/%s" % (i, name)] = value
+                weights["decoder/%d/self_attention" % i] = w["self"]
+                weights["decoder/%d/cross_attention" % i] = w["cross"]
         return self.project(self.decoder_norm(x))
 
     def call(self, inputs, training=None, return_attention=False):
@@ -148,16 +111,17 @@ class TransformerSeq2Seq(tf.keras.Model):
             raise ValueError("max_length %d exceeds the model's max_length %d"
                              % (max_length, self.max_length))
         batch = tf.shape(memory["outputs"])[0]
-        return [block.self_attention.init_cache(batch, max_length)
-                for block in self.decoder_blocks]
+        if not self.decoder_blocks[0].built:
+            self._decode(tf.ones([1, 1], tf.int32), {k: v[:1] for k, v in memory.items()})
+        return [block.init_cache(batch, max_length) for block in self.decoder_blocks]
 
     def decode_step(self, tokens, memory, state, index):
         """Logits (B, V) after feeding `tokens` (B,) at position `index`, and the new cache."""
         x = self._embed(self.target_embedding, tokens[:, tf.newaxis], start_index=index)
         new_state = []
         for block, cache in zip(self.decoder_blocks, state):
-            x, _, cache = block(x, memory=memory["outputs"], memory_mask=memory["mask"],
-                                cache=cache, cache_index=index)
+            x, cache = block(x, encoder_output=memory["outputs"], encoder_mask=memory["mask"],
+                             self_attention_cache=cache, cache_update_index=index)
             new_state.append(cache)
         return self.project(self.decoder_norm(x))[:, 0], new_state
 

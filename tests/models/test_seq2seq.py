@@ -88,7 +88,7 @@ def test_mixed_precision_keeps_float32_variables_and_logits():
     logits = model(_inputs())
     assert logits.dtype == tf.float32
     assert all(v.dtype == tf.float32 for v in model.weights)
-    assert model.decoder_blocks[0].self_attention.compute_dtype == "float16"
+    assert model.decoder_blocks[0].compute_dtype == "float16"
 
 
 def test_bad_arguments_name_the_value():
