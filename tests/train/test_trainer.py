@@ -158,3 +158,20 @@ def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match=r"a training batch must be \(x, y\) or \(x, y, "
                                          r"sample_weight\), got 1 items"):
         trainer.fit(tf.data.Dataset.from_tensor_slices(X).batch(8), epochs=1)
+
+
+def test_restore_skips_a_corrupt_latest_checkpoint(tmp_path):
+    """If the newest checkpoint's files are damaged, the one before it is restored."""
+    model = _linear()
+    trainer = Trainer(model, tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                      keep_checkpoints=3, verbose=0)
+    trainer.fit(_dataset(), epochs=2)
+    checkpoints = trainer.manager.checkpoints
+    assert [os.path.basename(p) for p in checkpoints] == ["ckpt-3", "ckpt-6"]
+    with open(checkpoints[-1] + ".index", "wb") as f:
+        f.write(b"truncated")
+    fresh = Trainer(_linear(), tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                    verbose=0)
+    fresh._build(_dataset())
+    assert os.path.basename(fresh.restore()) == "ckpt-3"
+    assert int(fresh.step.numpy()) == 3 and int(fresh.epoch.numpy()) == 1
