@@ -1,10 +1,11 @@
 """One process of the tf.distribute test (run as a subprocess).
 
-Usage: python dist_worker.py OUT_NPZ [multi_worker]
+Usage: python dist_worker.py OUT_NPZ [multi_worker|mirrored]
 
 With "multi_worker" the process is one worker of a MultiWorkerMirroredStrategy cluster
-described by $TF_CONFIG; otherwise it trains alone. Either way it trains the same model on
-the same global batches and saves the final weights to OUT_NPZ.
+described by $TF_CONFIG; with "mirrored" it splits its CPU into two logical devices and
+trains with MirroredStrategy on both; otherwise it trains alone. Either way it trains the
+same model on the same global batches and saves the final weights to OUT_NPZ.
 """
 import os
 import sys
@@ -18,7 +19,14 @@ GLOBAL_BATCH = 16
 
 
 def main(out, mode="single"):
-    strategy = tf.distribute.MultiWorkerMirroredStrategy() if mode == "multi_worker" else None
+    strategy = None
+    if mode == "multi_worker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif mode == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     from attnlab.data.trigger import make_trigger
     from attnlab.train.trainer import Trainer
 

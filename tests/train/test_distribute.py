@@ -36,8 +36,29 @@ def _load(path):
         return [data["arr_%d" % i] for i in range(n)], float(data["loss"]), int(data["replicas"])
 
 
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    path = tmp_path_factory.mktemp("single") / "single.npz"
+    single = subprocess.run([sys.executable, WORKER, str(path)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    assert single.returncode == 0, single.stdout.decode(errors="replace")[-3000:]
+    return path
+
+
+def _assert_matches(path, reference_path, replicas):
+    reference, ref_loss, ref_replicas = _load(reference_path)
+    assert ref_replicas == 1
+    weights, loss, got_replicas = _load(path)
+    assert got_replicas == replicas
+    # The loss is averaged over the global batch, so 2 x (batch / 2) == 1 x batch.
+    for got, want in zip(weights, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+
+
 @pytest.mark.slow
-def test_two_workers_agree_with_one_process_on_the_same_global_batch(tmp_path):
+def test_two_workers_agree_with_one_process_on_the_same_global_batch(tmp_path,
+                                                                     single_process):
     ports = _free_ports(2)
     cluster = {"worker": ["127.0.0.1:%d" % p for p in ports]}
     procs = []
@@ -46,24 +67,21 @@ def test_two_workers_agree_with_one_process_on_the_same_global_batch(tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, WORKER, str(tmp_path / ("worker%d.npz" % index)), "multi_worker"],
             env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    single = subprocess.run([sys.executable, WORKER, str(tmp_path / "single.npz")],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            timeout=120)
-    assert single.returncode == 0, single.stdout.decode(errors="replace")[-3000:]
     outputs = [proc.communicate(timeout=120)[0].decode(errors="replace") for proc in procs]
     for proc in procs:
         # A worker that fails makes the other fail too: show both logs.
         assert proc.returncode == 0, "\n".join(
             "--- worker %d\n%s" % (i, out[-3000:]) for i, out in enumerate(outputs))
-    reference, ref_loss, ref_replicas = _load(tmp_path / "single.npz")
-    assert ref_replicas == 1
     for index in range(2):
-        weights, loss, replicas = _load(tmp_path / ("worker%d.npz" % index))
-        assert replicas == 2
-        # The loss is averaged over the global batch, so 2 x (batch / 2) == 1 x batch.
-        for got, want in zip(weights, reference):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    # Training moved the weights (the comparison is not between two initial states).
-    initial = np.load(tmp_path / "single.npz")
-    assert initial["arr_0"].std() > 0
+        _assert_matches(tmp_path / ("worker%d.npz" % index), single_process, replicas=2)
+    with np.load(single_process) as data:  # training moved the weights away from zero
+        assert np.abs(data["arr_0"]).max() > 0
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_devices_agrees_with_one_device(tmp_path, single_process):
+    out = tmp_path / "mirrored.npz"
+    run = subprocess.run([sys.executable, WORKER, str(out), "mirrored"], env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    assert run.returncode == 0, run.stdout.decode(errors="replace")[-3000:]
+    _assert_matches(out, single_process, replicas=2)
