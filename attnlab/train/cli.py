@@ -79,7 +79,16 @@ def cmd_train(args):
         return 0
     run.write_status("running", pid=os.getpid())
     verbose = 0 if os.environ.get("ATTNLAB_DETACHED") else None
-    metrics = run_training(config, run, verbose=verbose)
+    try:
+        metrics = run_training(config, run, verbose=verbose)
+    except BaseException as err:
+        # Failures inside the training loop are recorded by the Trainer; this catches the
+        # ones before and after it (building the task or model, final evaluation).
+        if (run.read_status() or {}).get("state") != "failed":
+            message = "%s: %s" % (type(err).__name__, err)
+            run.log("run failed: " + message)
+            run.write_status("failed", error=message)
+        raise
     if metrics is None:
         print("run %s stopped; resume with: attnlab train %s --name %s --resume"
               % (name, args.config, name))
