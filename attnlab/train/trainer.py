@@ -321,8 +321,11 @@ class Trainer:
         """
         if self.manager is None:
             return None
+        # Every worker restores from the chief's folder (non-chief workers save elsewhere).
+        state = tf.train.get_checkpoint_state(self.run.checkpoint_dir)
+        paths = list(state.all_model_checkpoint_paths) if state is not None else []
         errors = []
-        for path in reversed(self.manager.checkpoints):
+        for path in reversed(paths):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
                 return path
@@ -330,7 +333,7 @@ class Trainer:
                 errors.append("%s: %s" % (path, err))
         if errors:
             raise RuntimeError("no checkpoint in %s could be restored:\n%s"
-                               % (self.manager.directory, "\n".join(errors)))
+                               % (self.run.checkpoint_dir, "\n".join(errors)))
         return None
 
     def save(self):
