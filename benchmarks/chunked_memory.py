@@ -24,19 +24,16 @@ MEMORY_GOAL, TIME_GOAL, BIG_GOAL_MIB = 32.0, 1.3, 2048.0
 
 
 def _add_arguments(parser):
-    parser.add_argument("--case", help=argparse_help_case())
+    parser.add_argument("--case", help="internal: run one case (IMPL:LENGTH or time:LENGTH) "
+                                       "in this process")
     parser.add_argument("--chunk", type=int, default=None,
-                        help="query and key chunk size of chunked_attention (default 1024)")
-
-
-def argparse_help_case():
-    return "internal: run one case (IMPL:LENGTH or time:LENGTH) in this process"
+                        help="query and key chunk size of chunked_attention (default %d)"
+                             % _sizes(False)["chunk"])
 
 
 def _sizes(smoke):
     if smoke:
-        return dict(memory=[("full", 128), ("chunked", 128), ("full", 256), ("chunked", 256),
-                            ("chunked", 512)],
+        return dict(memory=[("full", 256), ("chunked", 256), ("chunked", 512)],
                     ratio_length=256, big_length=512, time_length=128, chunk=64)
     return dict(memory=[("full", 2048), ("chunked", 2048), ("full", 8192), ("chunked", 8192),
                         ("chunked", 32768)],
@@ -99,7 +96,7 @@ def run_time_case(args, length):
     inputs = _inputs(tf, length)
     steps = {impl: _step(tf, impl, args.chunk) for impl in ("full", "chunked")}
     times = {impl: [] for impl in steps}
-    for impl, step in steps.items():
+    for step in steps.values():
         _harness.time_ms(lambda step=step: step(*inputs), args.warmup, 0)
     for _ in range(args.repeats):  # alternate so both see the same machine load
         for impl, step in steps.items():
@@ -111,8 +108,7 @@ def _child(args, case):
     command = [sys.executable, os.path.abspath(__file__), "--case", case,
                "--threads", str(args.threads), "--repeats", str(args.repeats),
                "--warmup", str(args.warmup), "--chunk", str(args.chunk)]
-    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True)
+    proc = subprocess.run(command, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])

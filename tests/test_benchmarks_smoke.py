@@ -1,0 +1,90 @@
+"""Smoke run of every benchmark script: tiny sizes, each in its own process.
+
+Proves the scripts still run and print their tables; the times mean nothing here and are
+never asserted (benchmarks are measured by hand, see benchmarks/RESULTS.md).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+
+# script -> (header columns of its tables, row labels that must appear, SUMMARY targets)
+EXPECTED = {
+    "mha_speed.py": (
+        [["case", "attnlab", "tf.keras", "attnlab / keras", "attnlab of ceiling",
+          "keras of ceiling", "step GFLOP", "ceiling GFLOP/s"]],
+        ["L=16", "L=32", "L=16 XLA", "L=32 XLA"],
+        ["1 MHA L=16", "1 MHA L=32", "1 MHA L=16 XLA", "1 MHA L=32 XLA"]),
+    "chunked_memory.py": (
+        [["case", "chunked", "full", "full / chunked", "one (B,H,L,L) fp32 tensor",
+          "first step s (chunked / full)"],
+         ["case", "chunked", "full", "chunked / full"]],
+        ["L=256", "L=512", "L=128"],
+        ["2 chunked memory L=256", "2 chunked memory L=512", "2 chunked time L=128"]),
+    "local_scaling.py": (
+        [["case", "local_attention", "ms per 1k positions", "time / first", "L / first"],
+         ["case", "local_attention", "per-position loop", "speed-up"]],
+        ["L=64", "L=128", "L=256", "L=32 w=4"],
+        ["3 local linear in L (w=8)", "3 local vs loop L=32 w=4"]),
+}
+
+
+def _cells(line):
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _run(args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def _check_output(out, headers, row_labels, targets):
+    lines = out.splitlines()
+    table_lines = [_cells(line) for line in lines if line.startswith("| ")]
+    found_headers = [cells for cells in table_lines if cells[0] == "case"]
+    assert found_headers == headers
+    labels = [cells[0] for cells in table_lines if cells[0] != "case"]
+    for label in row_labels:
+        assert label in labels, (label, labels)
+    for cells in table_lines:
+        assert len(cells) in {len(h) for h in headers}, cells
+    summaries = [_cells(line[len("SUMMARY"):]) for line in lines if line.startswith("SUMMARY |")]
+    assert sorted(s[0] for s in summaries) == sorted(targets)
+    for target, measured, goal, status in summaries:
+        assert measured and goal and status in ("met", "NOT met"), (target, measured)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_benchmark_script_smoke(script):
+    out = _run([os.path.join("benchmarks", script), "--smoke"])
+    _check_output(out, *EXPECTED[script])
+
+
+def _scripts():
+    return sorted(name for name in os.listdir(BENCHMARKS)
+                  if name.endswith(".py") and not name.startswith("_"))
+
+
+@pytest.mark.slow
+def test_run_all_smoke_runs_the_other_scripts_and_prints_the_summary():
+    # The scripts checked above run once; run_all runs local_scaling (to check its summary
+    # rows) and every other script (targets 4 and 5, the viz), each of which must succeed.
+    others = [name for name in _scripts() if name not in EXPECTED]
+    out = _run([os.path.join("benchmarks", "run_all"), "--smoke", "local_scaling.py"] + others)
+    for name in ["local_scaling.py"] + others:
+        assert "\n%s --smoke\n" % name in out, name
+    summary = out[out.index("## Summary"):]
+    rows = [_cells(line) for line in summary.splitlines() if line.startswith("| ")]
+    assert rows[0] == ["target", "measured", "goal", "status", "script s"]
+    assert [row for row in rows if row[1].startswith("FAILED")] == []
+    targets = [row[0] for row in rows[1:]]
+    assert set(EXPECTED["local_scaling.py"][2]) <= set(targets)
+    assert len(targets) >= 2 + len(others)
