@@ -28,10 +28,10 @@ def source(cell):
     return "".join(text) if isinstance(text, list) else text
 
 
-def assigned_names(code):
-    tree = ast.parse(code)
-    return {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
-            for target in node.targets if isinstance(target, ast.Name)}
+def names(code, context):
+    """Names stored (ast.Store) or read (ast.Load) in `code`."""
+    return {node.id for node in ast.walk(ast.parse(code))
+            if isinstance(node, ast.Name) and isinstance(node.ctx, context)}
 
 
 def test_there_are_notebooks():
@@ -53,8 +53,13 @@ def test_notebook_has_one_parameters_cell_defining_quick(path):
     assert len(tagged) == 1, "%s: %d cells tagged 'parameters', expected 1" % (path.name,
                                                                                len(tagged))
     assert tagged[0]["cell_type"] == "code"
-    assert "QUICK" in assigned_names(source(tagged[0])), \
+    code = source(tagged[0])
+    assert "QUICK" in names(code, ast.Store), \
         "%s: the parameters cell does not assign QUICK" % path.name
+    # The runner injects QUICK = True *after* this cell, so sizes computed here from QUICK
+    # would keep their full-run values: they belong in a later cell.
+    assert "QUICK" not in names(code, ast.Load), \
+        "%s: the parameters cell reads QUICK; derive quick sizes in a later cell" % path.name
 
 
 def test_check_stripped_flags_a_notebook_with_outputs(tmp_path):
