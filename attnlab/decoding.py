@@ -26,8 +26,52 @@ def _compiled(model):
             "encode": tf.function(lambda source: model.encode(source)),
             "step": tf.function(model.decode_step),
             "full": tf.function(model.decode_full),
+            "greedy_cached": tf.function(lambda memory, state, bos, eos, pad, max_length:
+                                         _greedy_cached_loop(model, memory, state, bos, eos,
+                                                             pad, max_length)),
+            "greedy_full": tf.function(lambda memory, prefix, eos, pad, max_length:
+                                       _greedy_full_loop(model, memory, prefix, eos, pad,
+                                                         max_length)),
         }
     return _COMPILED[model]
+
+
+def _greedy_cached_loop(model, memory, state, bos, eos, pad, max_length):
+    """The whole cached greedy loop in one graph: one token per step, stop when all ended."""
+    batch = tf.shape(memory_first(memory))[0]
+    tokens = tf.fill([batch], bos)
+    done = tf.zeros([batch], tf.bool)
+    out = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
+    for t in tf.range(max_length):
+        logits, state = model.decode_step(tokens, memory, state, t)
+        chosen = tf.where(done, pad, tf.argmax(logits, -1, output_type=tf.int32))
+        out = out.write(t, chosen)
+        done = tf.logical_or(done, tf.equal(chosen, eos))
+        tokens = chosen
+        if tf.reduce_all(done):
+            break
+    return tf.transpose(out.stack())
+
+
+def _greedy_full_loop(model, memory, prefix, eos, pad, max_length):
+    """Greedy decoding that reruns the decoder over the (B, max_length) prefix each step."""
+    batch = tf.shape(prefix)[0]
+    done = tf.zeros([batch], tf.bool)
+    out = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
+    columns = tf.range(max_length)[tf.newaxis, :]
+    for t in tf.range(max_length):
+        logits = model.decode_full(prefix, memory)[:, t]
+        chosen = tf.where(done, pad, tf.argmax(logits, -1, output_type=tf.int32))
+        out = out.write(t, chosen)
+        done = tf.logical_or(done, tf.equal(chosen, eos))
+        prefix = tf.where(tf.equal(columns, t + 1), chosen[:, tf.newaxis], prefix)
+        if tf.reduce_all(done):
+            break
+    return tf.transpose(out.stack())
+
+
+def memory_first(memory):
+    return tf.nest.flatten(memory)[0]
 
 
 def _check(model, source, max_length):
@@ -71,31 +115,17 @@ def greedy_decode(model, source, max_length, bos_id=1, eos_id=2, pad_id=0, use_c
     fns = _compiled(model)
     memory = fns["encode"](source)
     batch = int(source.shape[0])
-    out = np.full((batch, max_length), pad_id, np.int32)
-    done = np.zeros(batch, bool)
+    constants = [tf.constant(v, tf.int32) for v in (eos_id, pad_id, max_length)]
     if use_cache:
         state = model.init_decode_state(memory, max_length)
-        tokens = tf.fill([batch], bos_id)
-        for t in range(max_length):
-            logits, state = fns["step"](tokens, memory, state, tf.constant(t, tf.int32))
-            chosen, done_next = _finish(np.argmax(logits.numpy(), -1).astype(np.int32), done,
-                                        eos_id, pad_id)
-            out[:, t], done = chosen, done_next
-            if done.all():
-                break
-            tokens = tf.constant(chosen)
-        return out
-    prefix = np.full((batch, max_length), pad_id, np.int32)
-    prefix[:, 0] = bos_id
-    for t in range(max_length):
-        logits = fns["full"](tf.constant(prefix), memory)[:, t]
-        chosen, done_next = _finish(np.argmax(logits.numpy(), -1).astype(np.int32), done,
-                                    eos_id, pad_id)
-        out[:, t], done = chosen, done_next
-        if done.all():
-            break
-        if t + 1 < max_length:
-            prefix[:, t + 1] = chosen
+        ids = fns["greedy_cached"](memory, state, tf.constant(bos_id, tf.int32), *constants)
+    else:
+        prefix = np.full((batch, max_length), pad_id, np.int32)
+        prefix[:, 0] = bos_id
+        ids = fns["greedy_full"](memory, tf.constant(prefix), *constants)
+    out = np.full((batch, max_length), pad_id, np.int32)
+    ids = ids.numpy()
+    out[:, :ids.shape[1]] = ids
     return out
 
 
