@@ -240,6 +240,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
     def call(self, query, value, key=None, attention_mask=None, return_attention_scores=False,
              training=None, causal=False, cache=None, cache_update_index=None):
         key_is_value = key is None
+        # Self-attention (one tensor as query, key and value) can use one fused projection.
+        self_attention = key_is_value and query is value
         if key_is_value:
             key = value
         use_cache = cache is not None
@@ -265,7 +267,12 @@ class MultiHeadAttention(tf.keras.layers.Layer):
 
         dtype = self.compute_dtype
         query, value, key = (tf.cast(x, dtype) for x in (query, value, key))
-        q = self.query_dense(query)  # (B, T, H, dk)
+        scale = 1.0 / math.sqrt(float(self.key_dim))
+        fused = self_attention and not use_cache and self.key_dim == self.value_dim
+        if fused:
+            q, k, v = self._project_self_attention(query, scale)  # (B, H, L, depth)
+        else:
+            q = self.query_dense(query)  # (B, T, H, dk)
         offset = None
         if use_cache:
             if not isinstance(cache, (tuple, list)) or len(cache) != 2:
@@ -280,12 +287,14 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                 offset = cache_update_index
             k, v = key_cache, value_cache
             new_cache = (key_cache, value_cache)
-        else:
+        elif not fused:
             k = self.key_dense(key)  # (B, S, H, dk)
             v = self.value_dense(value)  # (B, S, H, dv)
 
-        query_length, key_length = tf.shape(q)[1], tf.shape(k)[1]
-        scores_shape = tf.TensorShape([q.shape[0], self.num_heads, q.shape[1], k.shape[1]])
+        axis = 2 if fused else 1  # the length axis: (B, H, L, dk) fused, else (B, L, H, dk)
+        query_length, key_length = tf.shape(q)[axis], tf.shape(k)[axis]
+        scores_shape = tf.TensorShape([q.shape[0], self.num_heads, q.shape[axis],
+                                       k.shape[axis]])
         mask = combine_masks(*[align_mask(m, scores_shape) for m in (auto_mask, attention_mask)
                                if m is not None])
         if offset is not None:
@@ -294,9 +303,10 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         elif causal:
             offset = key_length - query_length
 
-        # Scale the (T x dk) query rather than the (T x S) scores, as Keras MHA does.
-        q = q * tf.cast(1.0 / math.sqrt(float(self.key_dim)), dtype)
-        q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (q, k, v))  # (B, H, len, depth)
+        if not fused:
+            # Scale the (T x dk) query rather than the (T x S) scores, as Keras MHA does.
+            q = q * tf.cast(scale, dtype)
+            q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (q, k, v))  # (B, H, len, depth)
         output, scores = self._attend(q, k, v, mask, causal, offset, training, use_cache)
         output = self.output_dense(tf.transpose(output, [0, 2, 1, 3]))
 
@@ -306,6 +316,31 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         if use_cache:
             outputs += (new_cache,)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _project_self_attention(self, x, scale):
+        """(B, L, D) -> scaled q, k, v of shape (B, H, L, dk) with one fused projection.
+
+        The three kernels are concatenated into one (D, 3H, dk) kernel (the 1/sqrt(dk)
+        scale folded into the query's part), so the input is read once by one larger matmul
+        and one transpose brings q, k and v to the (B, H, L, dk) layout of the attention
+        matmuls. The variables stay separate, as in Keras MHA.
+        """
+        dtype = x.dtype
+        heads, depth = self.num_heads, self.key_dim
+        kernel = tf.concat([tf.cast(self.query_dense.kernel, dtype) * tf.cast(scale, dtype),
+                            tf.cast(self.key_dense.kernel, dtype),
+                            tf.cast(self.value_dense.kernel, dtype)], axis=1)
+        shape = tf.shape(x)
+        qkv = tf.matmul(tf.reshape(x, [-1, shape[-1]]),
+                        tf.reshape(kernel, [kernel.shape[0], 3 * heads * depth]))
+        if self.use_bias:
+            bias = tf.concat([tf.cast(self.query_dense.bias, dtype) * tf.cast(scale, dtype),
+                              tf.cast(self.key_dense.bias, dtype),
+                              tf.cast(self.value_dense.bias, dtype)], axis=0)
+            qkv = qkv + tf.reshape(bias, [-1])
+        qkv = tf.reshape(qkv, tf.stack([shape[0], shape[1], 3, heads, depth]))
+        # unstack, not slicing: the gradient of a slice is a zero-padded full-size tensor.
+        return tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]), num=3)  # 3 x (B, H, L, dk)
 
     def _attend(self, q, k, v, mask, causal, offset, training, use_cache):
         """(B, H, T, dk), (B, H, S, dk), (B, H, S, dv) -> (B, H, T, dv) output and weights."""
