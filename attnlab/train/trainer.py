@@ -172,6 +172,10 @@ class Trainer:
                                               name="batch_in_epoch")
             self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
                                              name="skipped_steps")
+            # First step with a non-finite loss or gradient since the last check (0: none).
+            # Kept on the device so the loop needs no host sync per step.
+            self.first_bad_step = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                              name="first_bad_step")
             self.rng = tf.random.Generator.from_seed(seed)
             self.loss_metric = tf.keras.metrics.Mean(name="loss")
             self.metrics = [_metric(m) for m in (metrics or [])]
@@ -238,6 +242,10 @@ class Trainer:
             # With loss scaling, overflowing gradients are normal: the optimizer skips them.
             finite = tf.logical_and(finite, tf.reduce_all(
                 [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]))
+        update = finite
+        if self.nan_policy == "stop":
+            # After a bad step nothing more is applied: the loop raises at its next check.
+            update = tf.logical_and(finite, tf.equal(self.first_bad_step, 0))
         if self.clip_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
         kwargs = {}
@@ -251,10 +259,10 @@ class Trainer:
 
         if replicas > 1:
             # A merge_call cannot run inside a cond: replace bad gradients by zeros instead.
-            pairs = [(tf.where(finite, g, tf.zeros_like(g)), v) for g, v in pairs]
+            pairs = [(tf.where(update, g, tf.zeros_like(g)), v) for g, v in pairs]
             apply()
         else:
-            tf.cond(finite, apply, lambda: tf.constant(False))
+            tf.cond(update, apply, lambda: tf.constant(False))
         self.loss_metric.update_state(per_example)
         for metric in self.metrics:
             metric.update_state(y, pred, sample_weight=weight)
@@ -279,7 +287,13 @@ class Trainer:
             loss, finite = strategy.run(replica_train, args=(x, y, w))
             loss = strategy.experimental_local_results(loss)[0]
             finite = strategy.experimental_local_results(finite)[0]
-            return loss, finite
+            self.step.assign_add(1)
+            self.batch_in_epoch.assign_add(1)
+            if not finite:
+                self.skipped_steps.assign_add(1)
+                if self.first_bad_step == 0:
+                    self.first_bad_step.assign(self.step)
+            return loss
 
         @tf.function
         def eval_step(batch):
@@ -437,6 +451,24 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous)
         return self.history
 
+    def _check_finite(self, epoch_start_step, epoch, run):
+        """Raise (nan_policy="stop") or log (skip) the first non-finite step since the last
+        check; the bad update was not applied."""
+        bad = int(self.first_bad_step.numpy())
+        if not bad:
+            return
+        where = "step %d (epoch %d, batch %d)" % (bad, epoch + 1, bad - epoch_start_step)
+        if self.nan_policy == "stop":
+            # Later steps computed but applied nothing: report the bad step as the last one.
+            self.step.assign(bad)
+            raise NonFiniteLossError(
+                "non-finite loss or gradient at %s; the update was not applied. Lower the "
+                "learning rate, clip gradients (clip_norm) or use nan_policy='skip'." % where)
+        if run:
+            run.log("skipped %s: non-finite loss or gradient (%d skipped so far)"
+                    % (where, int(self.skipped_steps.numpy())))
+        self.first_bad_step.assign(0)
+
     def _status(self, state, **fields):
         if self.run is not None and self.is_chief:
             self.run.write_status(state, pid=os.getpid(), epoch=int(self.epoch.numpy()),
@@ -472,27 +504,24 @@ class Trainer:
             if bar is not None and skip:
                 bar.update(skip)
             started = time.time()
+            epoch_start_step = int(self.step.numpy()) - skip
+            step = epoch_start_step + skip
+            last_sync = time.time()
+            loss = None
             for batch in self._distribute(dataset):
-                loss, finite = self._train_step(batch)
-                self.step.assign_add(1)
-                self.batch_in_epoch.assign_add(1)
-                step = int(self.step.numpy())
-                if not bool(finite.numpy()):
-                    where = "step %d (epoch %d, batch %d)" % (
-                        step, epoch + 1, int(self.batch_in_epoch.numpy()))
-                    if self.nan_policy == "stop":
-                        raise NonFiniteLossError(
-                            "non-finite loss or gradient (loss = %s) at %s; the update was "
-                            "not applied. Lower the learning rate, clip gradients "
-                            "(clip_norm) or use nan_policy='skip'." % (float(loss.numpy()), where))
-                    self.skipped_steps.assign_add(1)
-                    if run:
-                        run.log("skipped %s: non-finite loss or gradient" % where)
-                if bar is not None:
-                    # The step's global loss, not the metric: reading a synced metric is a
-                    # collective op that every worker would have to run in the same order.
-                    bar.update(int(self.batch_in_epoch.numpy()), [("loss", float(loss.numpy()))])
-                if self.checkpoint_every and step % self.checkpoint_every == 0:
+                loss = self._train_step(batch)
+                step += 1
+                # Read device values (a host sync) only now and then, before a checkpoint
+                # and at the end of the epoch, so that steps run back to back.
+                due = self.checkpoint_every and step % self.checkpoint_every == 0
+                if due or self._stop_requested or time.time() - last_sync > 0.5:
+                    self._check_finite(epoch_start_step, epoch, run)
+                    if bar is not None:
+                        # The step's global loss, not the metric: reading a synced metric is
+                        # a collective op that every worker would have to run in step.
+                        bar.update(step - epoch_start_step, [("loss", float(loss.numpy()))])
+                    last_sync = time.time()
+                if due:
                     self.save()
                 if self._stop_requested:
                     path = self.save()
@@ -501,6 +530,9 @@ class Trainer:
                                 % (epoch + 1, step, os.path.basename(path or "-")))
                     self._status("stopped")
                     return
+            self._check_finite(epoch_start_step, epoch, run)
+            if bar is not None and loss is not None:
+                bar.update(step - epoch_start_step, [("loss", float(loss.numpy()))])
             logs = self._results()
             if validation is not None:
                 logs.update(self.evaluate(validation))
