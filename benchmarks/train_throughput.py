@@ -1,9 +1,9 @@
 """Training throughput: attnlab's custom loop (Trainer) against model.fit, with and without XLA.
 
 Same model (TransformerSeq2Seq), same data (the reverse task, fixed batches), same optimizer
-(Adam) and loss; both sides run one untimed epoch first (tracing), then `--repeats` timed
-epochs. Reported: steps/s of each side and the ratio custom loop / model.fit measured in
-the same run.
+(Adam) and loss; both sides run one untimed epoch first (tracing), then timed epochs, one
+of each side in turn (a change in machine load hits both). Reported: steps/s of each side
+and the ratio custom loop / model.fit measured in the same run.
 
 Usage:
     python benchmarks/train_throughput.py            # d_model 64, batch 64, 40 steps/epoch
@@ -38,29 +38,29 @@ def _setup(tf, sizes):
     return task, make_model
 
 
-def _custom_loop(tf, task, make_model, sizes, jit, epochs):
+def _measure(tf, task, make_model, sizes, jit, epochs):
+    """Steps/s of both sides, timed one epoch each in turn so load changes hit both."""
     from attnlab.train.trainer import Trainer
 
-    trainer = Trainer(make_model(), tf.keras.optimizers.Adam(1e-3),
-                      tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"], jit_compile=jit, verbose=0)
-    data = task.train_fn(sizes["batch"], seed=0)
-    trainer.fit(data, epochs=1)  # tracing
-    start = time.perf_counter()
-    trainer.fit(data, epochs=1 + epochs)
-    return epochs * sizes["steps"] / (time.perf_counter() - start)
-
-
-def _keras_fit(tf, task, make_model, sizes, jit, epochs):
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    trainer = Trainer(make_model(), tf.keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"],
+                      jit_compile=jit, verbose=0)
+    custom_data = task.train_fn(sizes["batch"], seed=0)
     model = make_model()
-    model.compile(tf.keras.optimizers.Adam(1e-3),
-                  tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=jit)
-    data = task.dataset("train", sizes["batch"], drop_remainder=True)
-    model.fit(data, epochs=1, verbose=0)  # tracing
-    start = time.perf_counter()
-    model.fit(data, epochs=epochs, verbose=0)
-    return epochs * sizes["steps"] / (time.perf_counter() - start)
+    model.compile(tf.keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"], jit_compile=jit)
+    fit_data = task.dataset("train", sizes["batch"], drop_remainder=True)
+    trainer.fit(custom_data, epochs=1)  # tracing
+    model.fit(fit_data, epochs=1, verbose=0)
+    custom_time = fit_time = 0.0
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        trainer.fit(custom_data, epochs=2 + epoch)  # one more epoch
+        custom_time += time.perf_counter() - start
+        start = time.perf_counter()
+        model.fit(fit_data, epochs=1, verbose=0)
+        fit_time += time.perf_counter() - start
+    steps = epochs * sizes["steps"]
+    return steps / custom_time, steps / fit_time
 
 
 def main(argv=None):
@@ -75,8 +75,7 @@ def main(argv=None):
     ratios = {}
     for jit in ([False] if args.no_xla else [False, True]):
         try:
-            custom = _custom_loop(tf, task, make_model, sizes, jit, epochs)
-            keras = _keras_fit(tf, task, make_model, sizes, jit, epochs)
+            custom, keras = _measure(tf, task, make_model, sizes, jit, epochs)
         except Exception as err:  # XLA may be unavailable on some builds
             rows.append(("yes" if jit else "no", "failed: %s" % str(err).splitlines()[0][:80],
                          "", ""))
