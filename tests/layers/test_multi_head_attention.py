@@ -371,3 +371,30 @@ def test_chunked_impl_cached_decoding_equals_one_shot_full():
     full.set_weights(layer.get_weights())
     got, _ = decode_with_cache(layer, x, prefill=3, max_length=7)
     np.testing.assert_allclose(got, full(x, x, causal=True).numpy(), atol=ATOL)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_self_attention_matches_keras_forward_and_gradients(use_bias, causal):
+    # One tensor as query, key and value takes the fused-projection path.
+    x = tf.constant(np.random.RandomState(3).normal(size=(2, 5, 6)).astype("float32"))
+    ref = tf.keras.layers.MultiHeadAttention(2, 3, use_bias=use_bias,
+                                             bias_initializer="random_normal")
+    layer = MultiHeadAttention(2, 3, use_bias=use_bias)
+    ref(x, x)
+    layer(x, x)
+    layer.set_weights(ref.get_weights())
+    mask = np.tril(np.ones((5, 5), bool))[None] if causal else None
+
+    def run(mha, **kwargs):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = mha(x, x, **kwargs)
+            loss = tf.reduce_sum(out * tf.range(1.0, 7.0))
+        return out, tape.gradient(loss, [x] + mha.trainable_variables)
+
+    expected, expected_grads = run(ref, attention_mask=mask)
+    out, grads = run(layer, causal=causal)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=2e-5)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=2e-5)
