@@ -105,7 +105,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=30, help="slider moves per size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few moves at 64 x 64 only: proves the script still runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.moves, args.sizes = 3, [64]
     header = ("size", "new figure ms", "seaborn redraw ms", "explorer update ms",
               "update/new", "target ms", "result")
     rows = []

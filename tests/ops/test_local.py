@@ -203,7 +203,9 @@ def test_graph_has_no_length_squared_tensor():
         return tape.gradient(loss, [q, k, v])
 
     graph = loss_and_grads.get_concrete_function().graph
-    sizes = [t.shape.num_elements() for op in graph.get_operations() for t in op.outputs]
+    # Floating tensors hold the memory; TF 2.9 leaves some int32 shape vectors unknown.
+    sizes = [t.shape.num_elements() for op in graph.get_operations() for t in op.outputs
+             if t.dtype.is_floating]
     assert None not in sizes
     scores = [op.outputs[0].shape.num_elements() for op in graph.get_operations()
               if op.type == "BatchMatMulV2"]
