@@ -46,7 +46,7 @@ COPY docker/profile.sh /etc/profile.d/attnlab-env.sh
 COPY docker/jupyter_server_config.py /etc/jupyter/jupyter_server_config.py
 
 # attnlab, installed editable from /workspace. Compose bind-mounts the repo's attnlab/,
-# notebooks/ and tests/ over these copies (and PYTHONPATH names /workspace as well), so an
+# notebooks/, configs/, scripts/ and tests/ over these copies (and PYTHONPATH names /workspace as well), so an
 # edit on the host is picked up by a kernel restart, without a rebuild.
 COPY --chown=${USER_UID}:${USER_GID} pyproject.toml README.md /workspace/
 COPY --chown=${USER_UID}:${USER_GID} attnlab /workspace/attnlab
@@ -55,6 +55,8 @@ RUN --mount=type=secret,id=extra_ca \
  && rm -rf /tmp/attnlab-build \
  && chown -R "$USER_UID:$USER_GID" /workspace
 COPY --chown=${USER_UID}:${USER_GID} notebooks /workspace/notebooks
+COPY --chown=${USER_UID}:${USER_GID} configs /workspace/configs
+COPY --chown=${USER_UID}:${USER_GID} scripts /workspace/scripts
 COPY --chown=${USER_UID}:${USER_GID} tests /workspace/tests
 
 ENV PYTHONPATH=/workspace

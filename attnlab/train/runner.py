@@ -184,11 +184,11 @@ def run_training(config, run, verbose=None):
                       checkpoint_every=train["checkpoint_every"],
                       keep_checkpoints=train["keep_checkpoints"], seed=train["seed"],
                       verbose=train["verbose"] if verbose is None else verbose, probe=probe,
-                      snapshot_every=train["snapshot_every"])
+                      snapshot_every=train["snapshot_every"], finish_run=False)
     started = time.time()
     trainer.fit(task.train_fn(train["batch_size"], seed=train["seed"]), train["epochs"],
                 validation=task.dataset("validation", config["eval"]["batch_size"]))
-    if trainer.run is None or trainer.run.read_status().get("state") != "finished":
+    if not trainer.completed:
         return None  # stopped by request: no final metrics yet
     metrics = {k: v[-1] for k, v in trainer.history.items()}
     metrics.update(evaluate_task(model, task, config, "test"))

@@ -114,6 +114,9 @@ class Trainer:
         probe: optional (x, query_tokens, key_tokens) batch whose attention weights are saved
             every `snapshot_every` epochs into run_dir/attention/.
         snapshot_every: epochs between attention snapshots.
+        finish_run: mark the run folder "finished" when `fit` completes; False when the
+            caller still has work to do first (the runner's final test evaluation), so that
+            a watcher never sees "finished" before the final metrics exist.
 
     Example:
         >>> trainer = Trainer(model, tf.keras.optimizers.Adam(1e-3),
@@ -125,7 +128,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss, metrics=None, strategy=None, jit_compile=False,
                  clip_norm=None, nan_policy="stop", run_dir=None, checkpoint_every=None,
-                 keep_checkpoints=3, seed=0, verbose=1, probe=None, snapshot_every=1):
+                 keep_checkpoints=3, seed=0, verbose=1, probe=None, snapshot_every=1,
+                 finish_run=True):
         if not isinstance(model, tf.keras.Model):
             raise TypeError("model must be a tf.keras.Model, got %r" % (model,))
         if nan_policy not in NAN_POLICIES:
@@ -152,6 +156,8 @@ class Trainer:
         self.verbose = verbose
         self.probe = probe
         self.snapshot_every = snapshot_every
+        self.finish_run = finish_run
+        self.completed = False  # True once a fit() call has trained every epoch
         self.checkpoint_every = checkpoint_every
         self.loss_fn = _per_example_loss_fn(loss)
         self.is_chief = _is_chief(self.strategy)
@@ -485,6 +491,7 @@ class Trainer:
                     int(self.batch_in_epoch.numpy())))
             else:
                 run.log("started (%d epochs)" % epochs)
+        self.completed = False
         self._status("running", error=None)
         if start_epoch == 0 and int(self.step.numpy()) == 0:
             self._snapshot()
@@ -556,7 +563,9 @@ class Trainer:
             self._status("running", metrics=logs)
             if self.verbose and self.is_chief and not sys.stdout.isatty():
                 print("epoch %d/%d %s" % (epoch + 1, epochs, format_metrics(logs)), flush=True)
-        self._status("finished")
+        self.completed = True
+        if self.finish_run:
+            self._status("finished")
 
 
 def format_metrics(logs):

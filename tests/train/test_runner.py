@@ -79,7 +79,18 @@ def test_a_run_folder_has_everything_the_notebooks_read(tmp_path):
     run = RunDir(str(tmp_path / "run"))
     with open(run.file("config.yaml"), "w") as f:
         yaml.safe_dump(config, f)
+    # A watcher polling status.json must never see "finished" before metrics.json exists.
+    finished_with_metrics = []
+    write_status = run.write_status
+
+    def recording_write_status(state, **fields):
+        if state == "finished":
+            finished_with_metrics.append(os.path.exists(run.file("metrics.json")))
+        return write_status(state, **fields)
+
+    run.write_status = recording_write_status
     metrics = run_training(config, run)
+    assert finished_with_metrics == [True]
     folder = tmp_path / "run"
     saved = json.loads((folder / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
