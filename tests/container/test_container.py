@@ -339,7 +339,8 @@ def test_every_shipped_notebook_executes_in_the_container(engine, stack, ids):
     assert result.returncode == 0, result.stdout[-12000:]
     summary = json.loads((stack["root"] / "runs" / "e2e" / "executed" / "summary.json")
                          .read_text())
-    assert len(summary) == len(notebooks), summary
+    assert [r["notebook"] for r in summary["results"]] == [n.name for n in notebooks], summary
+    assert summary["quick"] and all(r["status"] == "ok" for r in summary["results"]), summary
     executed = stack["root"] / "runs" / "e2e" / "executed" / notebooks[0].name
     assert executed.stat().st_uid == ids[0]
 
