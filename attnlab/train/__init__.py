@@ -10,6 +10,7 @@ _EXPORTS = {
     "Trainer": "attnlab.train.trainer",
     "NonFiniteLossError": "attnlab.train.trainer",
     "RunDir": "attnlab.train.run_dir",
+    "ScheduledSampling": "attnlab.train.scheduled_sampling",
     "load_config": "attnlab.train.config",
     "validate_config": "attnlab.train.config",
 }

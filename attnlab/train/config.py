@@ -25,6 +25,8 @@ TRAIN_SCHEMA = {
     "learning_rate": (NUMBER, 1e-3, None),
     "schedule": ((dict, type(None)), None, None),
     "clip_norm": ((int, float, type(None)), None, None),
+    # Final rate of scheduled sampling (seq2seq), reached at the last epoch; null: off.
+    "scheduled_sampling": ((int, float, type(None)), None, None),
     "mixed_precision": (bool, False, None),
     "jit_compile": (bool, False, None),
     "nan_policy": (str, "stop", ("stop", "skip")),
@@ -79,6 +81,8 @@ def _check_value(key, value, types, allowed):
     if isinstance(value, NUMBER) and not isinstance(value, bool) and value is not None and \
             value <= 0 and key.split(".")[-1] not in ("seed", "min_learning_rate", "verbose"):
         raise ConfigError("%s: expected a positive number, got %r" % (key, value))
+    if key.endswith("scheduled_sampling") and value is not None and value > 1:
+        raise ConfigError("%s: expected a rate in (0, 1], got %r" % (key, value))
 
 
 def _check_section(name, section, schema):

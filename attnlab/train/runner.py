@@ -40,6 +40,18 @@ def build_model(config, task):
     return cls(len(task.source_vocab), task.num_classes, **args)
 
 
+def make_scheduled_sampling(train, task):
+    """The ScheduledSampling of `train.scheduled_sampling` (ramped over all epochs), or None."""
+    if train["scheduled_sampling"] is None:
+        return None
+    if task.kind != "seq2seq":
+        raise ValueError("train.scheduled_sampling: only seq2seq tasks have decoder inputs, "
+                         "task %r is %s" % (task.name, task.kind))
+    from attnlab.train.scheduled_sampling import ScheduledSampling
+    return ScheduledSampling(train["scheduled_sampling"], ramp_epochs=train["epochs"],
+                             seed=train["seed"])
+
+
 def build_optimizer(train):
     import tensorflow as tf
 
@@ -184,7 +196,8 @@ def run_training(config, run, verbose=None):
                       checkpoint_every=train["checkpoint_every"],
                       keep_checkpoints=train["keep_checkpoints"], seed=train["seed"],
                       verbose=train["verbose"] if verbose is None else verbose, probe=probe,
-                      snapshot_every=train["snapshot_every"], finish_run=False)
+                      snapshot_every=train["snapshot_every"], finish_run=False,
+                      scheduled_sampling=make_scheduled_sampling(train, task))
     started = time.time()
     trainer.fit(task.train_fn(train["batch_size"], seed=train["seed"]), train["epochs"],
                 validation=task.dataset("validation", config["eval"]["batch_size"]))

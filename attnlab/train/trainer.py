@@ -117,6 +117,8 @@ class Trainer:
         finish_run: mark the run folder "finished" when `fit` completes; False when the
             caller still has work to do first (the runner's final test evaluation), so that
             a watcher never sees "finished" before the final metrics exist.
+        scheduled_sampling: optional `ScheduledSampling` that mixes the model's own
+            predictions into the decoder inputs of each training batch (seq2seq models).
 
     Example:
         >>> trainer = Trainer(model, tf.keras.optimizers.Adam(1e-3),
@@ -129,7 +131,7 @@ class Trainer:
     def __init__(self, model, optimizer, loss, metrics=None, strategy=None, jit_compile=False,
                  clip_norm=None, nan_policy="stop", run_dir=None, checkpoint_every=None,
                  keep_checkpoints=3, seed=0, verbose=1, probe=None, snapshot_every=1,
-                 finish_run=True):
+                 finish_run=True, scheduled_sampling=None):
         if not isinstance(model, tf.keras.Model):
             raise TypeError("model must be a tf.keras.Model, got %r" % (model,))
         if nan_policy not in NAN_POLICIES:
@@ -157,6 +159,7 @@ class Trainer:
         self.probe = probe
         self.snapshot_every = snapshot_every
         self.finish_run = finish_run
+        self.scheduled_sampling = scheduled_sampling
         self.completed = False  # True once a fit() call has trained every epoch
         self.checkpoint_every = checkpoint_every
         self.loss_fn = _per_example_loss_fn(loss)
@@ -222,6 +225,8 @@ class Trainer:
     def _replica_train_step(self, x, y, weight):
         replicas = self.strategy.num_replicas_in_sync
         variables = self.model.trainable_variables
+        if self.scheduled_sampling is not None:
+            x = self.scheduled_sampling(self.model, x, self.epoch, self.step)
         with tf.GradientTape() as tape:
             pred = self.model(x, training=True)
             per_example, pred = self._per_example(y, pred, weight)
