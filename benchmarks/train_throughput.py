@@ -87,9 +87,10 @@ def main(argv=None):
                    "batch %d, %d steps x %d epochs)" % (sizes["d_model"], sizes["batch"],
                                                         sizes["steps"], epochs),
                    ["XLA", "custom loop steps/s", "model.fit steps/s", "ratio"], rows)
-    if False in ratios:
-        _harness.summary("custom loop vs model.fit throughput", "%.2fx" % ratios[False],
-                         ">= 0.8x", ratios[False] >= 0.8)
+    # Issue target: the custom loop at least as fast as model.fit, with and without XLA.
+    for jit, ratio in sorted(ratios.items()):
+        _harness.summary("custom loop vs model.fit throughput%s" % (" XLA" if jit else ""),
+                         "%.2fx" % ratio, ">= 1.0x", ratio >= 1.0)
     return 0
 
 
