@@ -1,9 +1,12 @@
-"""Memory-efficient exact attention over query and key chunks (Rabe & Staats 2021).
+"""Memory-efficient exact attention over query and key chunks, forward and backward.
 
-"Self-attention does not need O(n^2) memory": the keys are visited chunk by chunk while a
-running maximum and running sums (a streaming log-sum-exp) keep the softmax exact, and
-every chunk is recomputed in the backward pass (`tf.recompute_grad`), so neither the
-forward nor the backward pass ever holds a (T, S) score matrix.
+"Self-attention does not need O(n^2) memory" (Rabe & Staats 2021): the keys are visited
+chunk by chunk while a running maximum and running sums (a streaming log-sum-exp) keep the
+softmax exact. The gradient is written by hand, as in FlashAttention (Dao et al. 2022):
+the forward pass keeps only the output and each query's log-sum-exp, and the backward
+pass recomputes every (query chunk, key chunk) score block exactly once, accumulating
+dQ, dK and dV. Neither pass ever holds a (T, S) score matrix, and no block is computed
+more than twice in all (autodiff with recomputation would compute each one three times).
 """
 import tensorflow as tf
 
@@ -26,25 +29,28 @@ def _clip(chunk_size, length):
     return tf.minimum(chunk_size, length)
 
 
-def _to_chunks(x, num_chunks, chunk_size, rank):
-    """(..., n * c, d) -> (n, ..., c, d): chunks first, for tf.map_fn / tf.TensorArray."""
-    shape = tf.shape(x)
-    x = tf.reshape(x, tf.concat([shape[:-2], [num_chunks, chunk_size, shape[-1]]], axis=0))
-    perm = [rank - 2] + list(range(rank - 2)) + [rank - 1, rank]
-    return tf.transpose(x, perm)
+def _pad_length(x, amount, rank):
+    """Zero-pad axis -2 (the sequence) at the end by `amount`; no copy when it is 0."""
+    if isinstance(amount, int) and amount == 0:
+        return x
+    return tf.pad(x, [[0, 0]] * (rank - 2) + [[0, amount], [0, 0]])
+
+
+def _chunk(x, index, size):
+    """Rows [index * size, (index + 1) * size) of axis -2, with as static a shape as `x`."""
+    start = index * size
+    chunk = x[..., start:start + size, :]
+    chunk.set_shape(x.shape[:-2].concatenate([size if isinstance(size, int) else None,
+                                              x.shape[-1]]))
+    return chunk
 
 
 def _from_chunks(x, rank):
-    """(n, ..., c, d) -> (..., n * c, d), the inverse of `_to_chunks`."""
+    """(n, ..., c, d) -> (..., n * c, d): stacked chunks back into one sequence axis."""
     perm = list(range(1, rank - 1)) + [0, rank - 1, rank]
     x = tf.transpose(x, perm)
     shape = tf.shape(x)
     return tf.reshape(x, tf.concat([shape[:-3], [shape[-3] * shape[-2], shape[-1]]], axis=0))
-
-
-def _pad_length(x, amount, rank):
-    """Zero-pad axis -2 (the sequence) at the end by `amount`."""
-    return tf.pad(x, [[0, 0]] * (rank - 2) + [[0, amount], [0, 0]])
 
 
 def _slice_axis(mask, positions, axis):
@@ -67,10 +73,9 @@ def _chunk_summary(query, key, value, keep, acc_dtype):
     """
     scores = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype)
     if keep is not None:
-        # Replacing (not offsetting) masked scores keeps exp() finite for the gradient too.
+        # Replacing (not offsetting) masked scores keeps exp() finite.
         scores = tf.where(keep, scores, mask_value(acc_dtype))
-    # The result does not depend on the max mathematically; no gradient needs to flow there.
-    row_max = tf.stop_gradient(tf.reduce_max(scores, axis=-1, keepdims=True))
+    row_max = tf.reduce_max(scores, axis=-1, keepdims=True)
     weights = tf.exp(scores - row_max)
     if keep is not None:
         # A chunk row with nothing visible has max == mask value and exp(0) == 1 everywhere.
@@ -80,16 +85,35 @@ def _chunk_summary(query, key, value, keep, acc_dtype):
     return weighted, row_sum, row_max
 
 
+def _chunk_gradients(query, key, value, d_out, log_sum_exp, delta, keep, acc_dtype):
+    """Gradient contributions of one (query chunk, key chunk) block.
+
+    With p = exp(s - lse) the block's exact softmax weights and delta = rowsum(dO * O):
+    dV = p^T dO, dS = p * (dO V^T - delta), dQ = dS K, dK = dS^T Q (all in `acc_dtype`).
+    """
+    scores = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype)
+    weights = tf.exp(scores - log_sum_exp)
+    if keep is not None:
+        weights = tf.where(keep, weights, tf.zeros([], acc_dtype))
+    dtype = query.dtype
+    d_value = tf.cast(tf.matmul(tf.cast(weights, dtype), d_out, transpose_a=True), acc_dtype)
+    d_weights = tf.cast(tf.matmul(d_out, value, transpose_b=True), acc_dtype)
+    d_scores = tf.cast(weights * (d_weights - delta), dtype)
+    d_query = tf.cast(tf.matmul(d_scores, key), acc_dtype)
+    d_key = tf.cast(tf.matmul(d_scores, query, transpose_a=True), acc_dtype)
+    return d_query, d_key, d_value
+
+
 def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                       query_chunk_size=1024, key_chunk_size=1024, causal_offset=None):
     """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.
 
-    Queries are processed `query_chunk_size` at a time (tf.map_fn); for each query chunk the
-    keys are visited `key_chunk_size` at a time (tf.while_loop) with a running max and
-    running sums; with `causal`, key chunks entirely after the query chunk are skipped.
-    Both levels are wrapped in `tf.recompute_grad`, so the backward pass recomputes chunks
-    instead of storing their scores. Lengths may be unknown (None) in a tf.function:
-    T and S are padded up to multiples of the chunk sizes internally.
+    Queries are processed `query_chunk_size` at a time; for each query chunk the keys are
+    visited `key_chunk_size` at a time with a running max and running sums; with `causal`,
+    key chunks entirely after the query chunk are skipped, in both passes. The gradient
+    recomputes each score block once (see the module docstring); it is a first-order
+    gradient (a gradient of this gradient is not supported). Lengths may be unknown (None)
+    in a tf.function: T and S are padded up to multiples of the chunk sizes internally.
 
     Args:
         query: (..., T, d) floating tensor.
@@ -144,16 +168,13 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
     k_chunk = _clip(key_chunk_size, s)
     num_q = (t + q_chunk - 1) // q_chunk
     num_k = (s + k_chunk - 1) // k_chunk
+    pad_t = num_q * q_chunk - t
     pad_s = num_k * k_chunk - s
     # Padded keys must be hidden unless the key length is statically a multiple of the chunk.
     hide_padded_keys = not (isinstance(pad_s, int) and pad_s == 0)
     if causal:
         offset = s - t if causal_offset is None else causal_offset
         offset = tf.cast(offset, tf.int32)
-
-    q_chunks = _to_chunks(_pad_length(query, num_q * q_chunk - t, rank), num_q, q_chunk, rank)
-    k_chunks = _to_chunks(_pad_length(key, pad_s, rank), num_k, k_chunk, rank)
-    v_chunks = _to_chunks(_pad_length(value, pad_s, rank), num_k, k_chunk, rank)
 
     def chunk_keep(q_index, k_index):
         """bool mask of rank `rank` for one (query chunk, key chunk) pair, or None."""
@@ -181,49 +202,112 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         needed = (last_query + offset) // k_chunk + 1
         return tf.clip_by_value(needed, 0, num_k)
 
-    def attend_query_chunk(q_index):
-        def attend(q, keys, values):
-            key_array = tf.TensorArray(dtype, size=num_k, element_shape=keys.shape[1:])
-            key_array = key_array.unstack(keys)
-            value_array = tf.TensorArray(dtype, size=num_k, element_shape=values.shape[1:])
-            value_array = value_array.unstack(values)
+    def first_query_chunk(k_index):
+        """The first query chunk that sees any key of this chunk (causal), else 0."""
+        if not causal:
+            return 0
+        return tf.clip_by_value((k_index * k_chunk - offset) // q_chunk, 0, num_q)
 
-            def step(k_index, acc, row_max, row_sum):
-                keep = chunk_keep(q_index, k_index)
+    def forward(q, k, v):
+        """Output (..., T, dv) and the padded per-query log-sum-exp (..., num_q * c, 1)."""
+        q = _pad_length(q, pad_t, rank)
+        k = _pad_length(k, pad_s, rank)
+        v = _pad_length(v, pad_s, rank)
+        outputs = tf.TensorArray(dtype, size=num_q)
+        log_sum_exps = tf.TensorArray(acc_dtype, size=num_q)
 
-                def summary(q_, k_, v_):
-                    return _chunk_summary(q_, k_, v_, keep, acc_dtype)
+        def query_step(q_index, outputs, log_sum_exps):
+            q_i = _chunk(q, q_index, q_chunk)
 
-                weighted, chunk_sum, chunk_max = tf.recompute_grad(summary)(
-                    q, key_array.read(k_index), value_array.read(k_index))
+            def key_step(k_index, acc, row_max, row_sum):
+                weighted, chunk_sum, chunk_max = _chunk_summary(
+                    q_i, _chunk(k, k_index, k_chunk), _chunk(v, k_index, k_chunk),
+                    chunk_keep(q_index, k_index), acc_dtype)
                 new_max = tf.maximum(row_max, chunk_max)
                 old_factor = tf.exp(row_max - new_max)
                 new_factor = tf.exp(chunk_max - new_max)
                 return (k_index + 1, acc * old_factor + weighted * new_factor, new_max,
                         row_sum * old_factor + chunk_sum * new_factor)
 
-            rows = tf.shape(q)[:-1]
+            rows = tf.shape(q_i)[:-1]
             init = (tf.constant(0),
-                    tf.zeros(tf.concat([rows, tf.shape(values)[-1:]], 0), acc_dtype),
+                    tf.zeros(tf.concat([rows, tf.shape(v)[-1:]], 0), acc_dtype),
                     tf.fill(tf.concat([rows, [1]], 0), mask_value(acc_dtype)),
                     tf.zeros(tf.concat([rows, [1]], 0), acc_dtype))
             needed = key_chunks_needed(q_index)
             # One iteration at a time: with the default 10 the executor starts the score
-            # matmuls of later key chunks early and holds up to 10 (chunk x chunk) blocks.
-            _, acc, _, row_sum = tf.while_loop(lambda k_index, *_: k_index < needed, step,
-                                               init, parallel_iterations=1)
-            # Rows that saw no key have row_sum == 0: zero output instead of 0 / 0.
-            return tf.cast(tf.math.divide_no_nan(acc, row_sum), dtype)
+            # matmuls of later chunks early and holds up to 10 (chunk x chunk) blocks.
+            _, acc, row_max, row_sum = tf.while_loop(
+                lambda k_index, *_: k_index < needed, key_step, init, parallel_iterations=1)
+            # Rows that saw no key have row_sum == 0: zero output instead of 0 / 0, and a
+            # finite log-sum-exp (the backward pass masks all of their weights anyway).
+            out = tf.math.divide_no_nan(acc, row_sum)
+            lse = row_max + tf.math.log(tf.where(row_sum > 0, row_sum, tf.ones_like(row_sum)))
+            return (q_index + 1, outputs.write(q_index, tf.cast(out, dtype)),
+                    log_sum_exps.write(q_index, lse))
 
-        return tf.recompute_grad(attend)
+        _, outputs, log_sum_exps = tf.while_loop(
+            lambda q_index, *_: q_index < num_q, query_step, (0, outputs, log_sum_exps),
+            parallel_iterations=1)
+        return (_from_chunks(outputs.stack(), rank)[..., :t, :],
+                _from_chunks(log_sum_exps.stack(), rank))
 
-    def per_query_chunk(elems):
-        q, q_index = elems
-        return attend_query_chunk(q_index)(q, k_chunks, v_chunks)
+    def backward(q, k, v, out, log_sum_exp, d_out):
+        """dQ, dK, dV: key chunks outer (dK, dV accumulate per chunk), queries inner."""
+        d_out = tf.cast(d_out, dtype)
+        delta = tf.reduce_sum(tf.cast(d_out, acc_dtype) * tf.cast(out, acc_dtype), axis=-1,
+                              keepdims=True)
+        # Padded queries get zero upstream gradient: they contribute nothing.
+        q, d_out, delta = (_pad_length(x, pad_t, rank) for x in (q, d_out, delta))
+        k = _pad_length(k, pad_s, rank)
+        v = _pad_length(v, pad_s, rank)
+        lead = tf.shape(q)[:-2]
+        d_query = tf.zeros(tf.concat([[num_q], lead, [q_chunk, tf.shape(q)[-1]]], 0),
+                           acc_dtype)
+        d_keys = tf.TensorArray(dtype, size=num_k)
+        d_values = tf.TensorArray(dtype, size=num_k)
 
-    out = tf.map_fn(per_query_chunk, (q_chunks, tf.range(num_q)), fn_output_signature=dtype,
-                    parallel_iterations=1)
-    out = _from_chunks(out, rank)[..., :t, :]
-    out_shape = query.shape[:-1].concatenate(value.shape[-1:])
-    out.set_shape(out_shape)
+        def key_step(k_index, d_query, d_keys, d_values):
+            k_j = _chunk(k, k_index, k_chunk)
+            v_j = _chunk(v, k_index, k_chunk)
+
+            def query_step(q_index, d_query, d_key, d_value):
+                dq, dk, dv = _chunk_gradients(
+                    _chunk(q, q_index, q_chunk), k_j, v_j, _chunk(d_out, q_index, q_chunk),
+                    _chunk(log_sum_exp, q_index, q_chunk), _chunk(delta, q_index, q_chunk),
+                    chunk_keep(q_index, k_index), acc_dtype)
+                d_query = tf.tensor_scatter_nd_add(d_query, [[q_index]], dq[tf.newaxis])
+                return q_index + 1, d_query, d_key + dk, d_value + dv
+
+            init = (first_query_chunk(k_index), d_query,
+                    tf.zeros_like(k_j, acc_dtype), tf.zeros_like(v_j, acc_dtype))
+            _, d_query, d_key, d_value = tf.while_loop(
+                lambda q_index, *_: q_index < num_q, query_step, init, parallel_iterations=1)
+            return (k_index + 1, d_query, d_keys.write(k_index, tf.cast(d_key, dtype)),
+                    d_values.write(k_index, tf.cast(d_value, dtype)))
+
+        _, d_query, d_keys, d_values = tf.while_loop(
+            lambda k_index, *_: k_index < num_k, key_step, (0, d_query, d_keys, d_values),
+            parallel_iterations=1)
+        return (tf.cast(_from_chunks(d_query, rank)[..., :t, :], dtype),
+                _from_chunks(d_keys.stack(), rank)[..., :s, :],
+                _from_chunks(d_values.stack(), rank)[..., :s, :])
+
+    @tf.custom_gradient
+    def attend(q, k, v):
+        # The tape must not record the forward loops (eagerly, it would keep every block).
+        q, k, v = (tf.stop_gradient(x) for x in (q, k, v))
+        out, log_sum_exp = forward(q, k, v)
+
+        def grad(d_out):
+            d_q, d_k, d_v = backward(q, k, v, out, log_sum_exp, d_out)
+            d_q.set_shape(q.shape)
+            d_k.set_shape(k.shape)
+            d_v.set_shape(v.shape)
+            return d_q, d_k, d_v
+
+        return out, grad
+
+    out = attend(query, key, value)
+    out.set_shape(query.shape[:-1].concatenate(value.shape[-1:]))
     return out
