@@ -37,7 +37,7 @@ def _sizes(smoke):
                     ratio_length=256, big_length=512, time_length=128, chunk=64)
     return dict(memory=[("full", 2048), ("chunked", 2048), ("full", 8192), ("chunked", 8192),
                         ("chunked", 32768)],
-                ratio_length=8192, big_length=32768, time_length=2048, chunk=1024)
+                ratio_length=8192, big_length=32768, time_length=2048, chunk=512)
 
 
 def _step(tf, impl, chunk):

@@ -105,7 +105,7 @@ def _chunk_gradients(query, key, value, d_out, log_sum_exp, delta, keep, acc_dty
 
 
 def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
-                      query_chunk_size=1024, key_chunk_size=1024, causal_offset=None):
+                      query_chunk_size=512, key_chunk_size=512, causal_offset=None):
     """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.
 
     Queries are processed `query_chunk_size` at a time; for each query chunk the keys are
