@@ -5,6 +5,8 @@ is the forward pass plus the gradients of sum(output * upstream) with respect to
 input and every weight, inside a tf.function (optionally jit_compile=True for both sides,
 reported separately). The two sides are timed interleaved, one call each in turn, so a
 change in machine load hits both. The ceiling is tf.matmul 2048^3, timed in the same rounds.
+The process CPU time of each call is printed too: on a machine shared with other work it
+gives the ratio and the fraction of the ceiling (per CPU-second) that wall time cannot.
 
 FLOPs of one step: forward 8 B L D^2 (four projections) + 4 B L^2 D (q k^T and weights v),
 backward twice the forward.
@@ -16,6 +18,7 @@ Usage:
 """
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness  # noqa: E402  (sets up sys.path and the TF log level)
@@ -78,12 +81,16 @@ def measure(tf, args, sizes, length, jit, ceiling_step):
     # load a ceiling measured once, earlier, would not be comparable.
     steps["ceiling"] = lambda x, upstream: ceiling_step()
     times = {name: [] for name in steps}
+    cpu_times = {name: [] for name in steps}
     for step in steps.values():
         _harness.time_ms(lambda step=step: step(x, upstream), args.warmup, 0)
     for _ in range(args.repeats):
         for name, step in steps.items():
+            start = time.process_time()
             times[name] += _harness.time_ms(lambda step=step: step(x, upstream), 0, 1)
-    return {name: _harness.Timing(t) for name, t in times.items()}
+            cpu_times[name].append((time.process_time() - start) * 1e3)
+    return ({name: _harness.Timing(t) for name, t in times.items()},
+            {name: _harness.Timing(t) for name, t in cpu_times.items()})
 
 
 def main(argv=None):
@@ -96,12 +103,23 @@ def main(argv=None):
     a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
     ceiling_step = tf.function(lambda: tf.matmul(a, b))
 
-    rows, results = [], {}
+    rows, results, cpu_lines = [], {}, []
     for jit in ([False] if args.no_xla else [False, True]):
         for length in sizes["lengths"]:
-            timing = measure(tf, args, sizes, length, jit, ceiling_step)
+            timing, cpu = measure(tf, args, sizes, length, jit, ceiling_step)
             gflops = 2.0 * n ** 3 / (timing.pop("ceiling").median * 1e-3) / 1e9
             flops = step_flops(sizes["batch"], length, sizes["depth"])
+            # Process CPU time (all threads) is robust to other load on the machine where
+            # wall time is not: the same ratio and ceiling fraction per CPU-second.
+            cpu_rate = 2.0 * n ** 3 / cpu["ceiling"].median
+            cpu_lines.append(
+                "L=%d%s: attnlab %.1f ms, tf.keras %.1f ms, ceiling %.1f ms -> %.2fx keras, "
+                "%.0f%% of ceiling (keras %.0f%%)" % (
+                    length, " XLA" if jit else "", cpu["attnlab"].median,
+                    cpu["keras"].median, cpu["ceiling"].median,
+                    cpu["attnlab"].median / cpu["keras"].median,
+                    100 * flops / cpu["attnlab"].median / cpu_rate,
+                    100 * flops / cpu["keras"].median / cpu_rate))
             ours, keras = timing["attnlab"], timing["keras"]
             ratio = ours.median / keras.median
             fraction = {name: flops / (t.median * 1e-3) / 1e9 / gflops
@@ -115,6 +133,10 @@ def main(argv=None):
                    "ceiling tf.matmul %d^3)" % (args.repeats, n),
                    ["case", "attnlab", "tf.keras", "attnlab / keras", "attnlab of ceiling",
                     "keras of ceiling", "step GFLOP", "ceiling GFLOP/s"], rows)
+    print()
+    print("Process CPU time per step (median of %d; all threads):" % args.repeats)
+    for line in cpu_lines:
+        print("  " + line)
     print()
     for (length, jit), (ratio, fraction) in sorted(results.items()):
         label = "1 MHA L=%d%s" % (length, " XLA" if jit else "")

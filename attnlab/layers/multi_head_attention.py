@@ -307,7 +307,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             # Scale the (T x dk) query rather than the (T x S) scores, as Keras MHA does.
             q = q * tf.cast(scale, dtype)
             q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (q, k, v))  # (B, H, len, depth)
-        output, scores = self._attend(q, k, v, mask, causal, offset, training, use_cache)
+        output, scores = self._attend(q, k, v, mask, causal, offset, training, use_cache,
+                                      return_attention_scores)
         output = self.output_dense(tf.transpose(output, [0, 2, 1, 3]))
 
         outputs = (output,)
@@ -342,8 +343,10 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         # unstack, not slicing: the gradient of a slice is a zero-padded full-size tensor.
         return tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]), num=3)  # 3 x (B, H, L, dk)
 
-    def _attend(self, q, k, v, mask, causal, offset, training, use_cache):
-        """(B, H, T, dk), (B, H, S, dk), (B, H, S, dv) -> (B, H, T, dv) output and weights."""
+    def _attend(self, q, k, v, mask, causal, offset, training, use_cache, return_scores):
+        """(B, H, T, dk), (B, H, S, dk), (B, H, S, dv) -> (B, H, T, dv) output and weights
+        (None unless `return_scores`: without the weights the attention gradient is
+        cheaper)."""
         impl = self.attention_impl
         query_length, key_length = tf.shape(q)[2], tf.shape(k)[2]
         if impl == "local" and use_cache:
@@ -357,6 +360,10 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             if causal:
                 mask = combine_masks(mask, causal_mask(query_length, key_length, offset)[
                     tf.newaxis, tf.newaxis])
+            if not return_scores:
+                return scaled_dot_product_attention(
+                    q, k, v, mask=mask, scale=1.0, dropout_rate=self.dropout,
+                    training=training), None
             return scaled_dot_product_attention(
                 q, k, v, mask=mask, scale=1.0, dropout_rate=self.dropout, training=training,
                 return_weights=True)

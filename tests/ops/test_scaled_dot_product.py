@@ -166,3 +166,80 @@ def test_bad_dropout_rate_raises(rate):
     x = tf.zeros([3, 4])
     with pytest.raises(ValueError, match="dropout_rate must be in \\[0, 1\\), got %r" % rate):
         scaled_dot_product_attention(x, x, x, dropout_rate=rate)
+
+
+def reference_gradients(q, k, v, upstream, mask, eps=1e-6):
+    """Central finite differences of sum(reference output * upstream) in float64."""
+    def loss(q, k, v):
+        return np.sum(reference.attention(q, k, v, mask=mask)[0] * upstream)
+
+    inputs = [np.array(x, np.float64) for x in (q, k, v)]
+    grads = []
+    for i, x in enumerate(inputs):
+        grad = np.zeros_like(x)
+        for index in np.ndindex(x.shape):
+            plus = [y.copy() for y in inputs]
+            minus = [y.copy() for y in inputs]
+            plus[i][index] += eps
+            minus[i][index] -= eps
+            grad[index] = (loss(*plus) - loss(*minus)) / (2 * eps)
+        grads.append(grad)
+    return grads
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-6), ("float32", 1e-4)])
+@pytest.mark.parametrize("mask_kind", ["none", "rows", "fully_masked_row", "causal"])
+def test_gradients_without_weights_match_float64_numpy_reference(dtype, tol, mask_kind):
+    # Without the weights and without dropout the attention has its own gradient.
+    rng = np.random.RandomState(7)
+    q, k, v = (rng.normal(size=(2, 2, 3, 4)) for _ in range(3))
+    v = v[..., :3]
+    k, v = np.concatenate([k, k[:, :, :1]], axis=2), np.concatenate([v, v[:, :, :1]], axis=2)
+    upstream = rng.normal(size=(2, 2, 3, 3))
+    mask, causal = None, mask_kind == "causal"
+    if mask_kind in ("rows", "fully_masked_row"):
+        mask = rng.rand(2, 3, 4) > 0.4  # (B, T, S): gets a head axis
+        mask[:, :, 0] = True
+        if mask_kind == "fully_masked_row":
+            mask[1, 2] = False
+    visible = np.ones((2, 1, 3, 4), bool) if mask is None else mask[:, None]
+    if causal:
+        visible = visible & reference.causal(3, 4, offset=1)
+    tensors = [tf.constant(x.astype(dtype)) for x in (q, k, v)]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        out = scaled_dot_product_attention(*tensors, mask=mask, causal=causal)
+        loss = tf.reduce_sum(out * tf.constant(upstream.astype(dtype)))
+    grads = tape.gradient(loss, tensors)
+    np.testing.assert_allclose(out.numpy(), reference.attention(q, k, v, mask=visible)[0],
+                               atol=tol, rtol=tol)
+    for got, want in zip(grads, reference_gradients(q, k, v, upstream, visible)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got.numpy(), want, atol=tol, rtol=tol)
+    if mask_kind == "fully_masked_row":
+        np.testing.assert_array_equal(grads[0].numpy()[1, :, 2], 0.0)
+
+
+def test_gradients_without_weights_with_unknown_batch_dimensions():
+    # Traced with unknown batch dimensions (broadcasting possible) the gradients keep the
+    # inputs' shapes: here key and value are shared by every query batch item.
+    rng = np.random.RandomState(8)
+    q = rng.normal(size=(3, 2, 4)).astype("float32")
+    kv = rng.normal(size=(1, 5, 4)).astype("float32")
+    spec = tf.TensorSpec([None, None, 4], tf.float32)
+
+    @tf.function(input_signature=[spec, spec])
+    def grads(q, kv):
+        with tf.GradientTape() as tape:
+            tape.watch([q, kv])
+            loss = tf.reduce_sum(scaled_dot_product_attention(q, kv, kv) ** 2)
+        return tape.gradient(loss, [q, kv])
+
+    got = grads(tf.constant(q), tf.constant(kv))
+    kv3 = np.repeat(kv, 3, axis=0)
+    upstream = 2 * reference.attention(q, kv3, kv3)[0]
+    want = reference_gradients(q, kv3, kv3, upstream, None)
+    assert got[1].shape == (1, 5, 4)
+    np.testing.assert_allclose(got[0].numpy(), want[0], atol=1e-4)
+    np.testing.assert_allclose(got[1].numpy(), (want[1] + want[2]).sum(0, keepdims=True),
+                               atol=1e-4)
