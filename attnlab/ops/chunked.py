@@ -104,6 +104,22 @@ def _chunk_gradients(query, key, value, d_out, log_sum_exp, delta, keep, acc_dty
     return d_query, d_key, d_value
 
 
+@tf.custom_gradient
+def _first_order_only(*grads):
+    """The gradients as they are; differentiating them again raises a clear error.
+
+    The backward pass treats the saved output and log-sum-exp as constants, so autodiff of
+    it would give a wrong second-order gradient without any warning.
+    """
+    def second_order(*_):
+        raise NotImplementedError(
+            "chunked_attention has a first-order gradient only (its backward pass is written "
+            "by hand); use scaled_dot_product_attention where a gradient of the gradient is "
+            "needed, e.g. for a gradient penalty")
+
+    return [tf.identity(g) for g in grads], second_order
+
+
 def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                       query_chunk_size=512, key_chunk_size=512, causal_offset=None):
     """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.
@@ -111,8 +127,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
     Queries are processed `query_chunk_size` at a time; for each query chunk the keys are
     visited `key_chunk_size` at a time with a running max and running sums; with `causal`,
     key chunks entirely after the query chunk are skipped, in both passes. The gradient
-    recomputes each score block once (see the module docstring); it is a first-order
-    gradient (a gradient of this gradient is not supported). Lengths may be unknown (None)
+    recomputes each score block once (see the module docstring); it is first-order only:
+    differentiating it again raises NotImplementedError. Lengths may be unknown (None)
     in a tf.function: T and S are padded up to multiples of the chunk sizes internally.
 
     Args:
@@ -304,7 +320,7 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             d_q.set_shape(q.shape)
             d_k.set_shape(k.shape)
             d_v.set_shape(v.shape)
-            return d_q, d_k, d_v
+            return _first_order_only(d_q, d_k, d_v)
 
         return out, grad
 

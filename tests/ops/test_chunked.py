@@ -196,6 +196,24 @@ def test_float16_gradients_are_finite_and_close_to_float32_full_attention():
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("in_graph", [False, True])
+def test_second_order_gradient_is_refused_with_a_clear_error(in_graph):
+    q, k, v = (tf.constant(x) for x in _inputs((1,), 4, 4, seed=2))
+
+    def gradient_penalty():
+        with tf.GradientTape() as outer:
+            outer.watch(q)
+            with tf.GradientTape() as inner:
+                inner.watch(q)
+                loss = tf.reduce_sum(chunked_attention(q, k, v, query_chunk_size=2,
+                                                       key_chunk_size=2) ** 2)
+            penalty = tf.reduce_sum(inner.gradient(loss, q) ** 2)
+        return outer.gradient(penalty, q)
+
+    with pytest.raises(NotImplementedError, match="first-order gradient only"):
+        tf.function(gradient_penalty)() if in_graph else gradient_penalty()
+
+
 def test_unknown_lengths_in_tf_function():
     signature = [tf.TensorSpec([None, None, None, 4], tf.float32)] * 2 + [
         tf.TensorSpec([None, None, None, 3], tf.float32),
