@@ -38,8 +38,10 @@ def _pad_length(x, amount, rank):
 
 def _chunk(x, index, size):
     """Rows [index * size, (index + 1) * size) of axis -2, with as static a shape as `x`."""
-    start = index * size
-    chunk = x[..., start:start + size, :]
+    rank, shape = x.shape.rank, tf.shape(x)
+    # tf.slice with explicit sizes (not x[..., a:b, :]) so that XLA sees a static size.
+    begin = tf.concat([tf.zeros([rank - 2], tf.int32), [index * size, 0]], axis=0)
+    chunk = tf.slice(x, begin, tf.concat([shape[:-2], [size, shape[-1]]], axis=0))
     chunk.set_shape(x.shape[:-2].concatenate([size if isinstance(size, int) else None,
                                               x.shape[-1]]))
     return chunk

@@ -214,6 +214,29 @@ def test_second_order_gradient_is_refused_with_a_clear_error(in_graph):
         tf.function(gradient_penalty)() if in_graph else gradient_penalty()
 
 
+def test_xla_compiled_forward_and_gradients_match_full_attention():
+    q, k, v = (tf.constant(x) for x in _inputs((2, 2), 10, 7, seed=8))
+    mask = np.ones((2, 1, 1, 7), bool)
+    mask[0, ..., 5:] = False
+
+    def step(attend):
+        def loss_and_grads(q, k, v):
+            with tf.GradientTape() as tape:
+                tape.watch([q, k, v])
+                out = attend(q, k, v)
+                loss = tf.reduce_sum(out * out)
+            return [out] + tape.gradient(loss, [q, k, v])
+        return loss_and_grads
+
+    got = tf.function(step(lambda q, k, v: chunked_attention(
+        q, k, v, mask=mask, causal=True, query_chunk_size=4, key_chunk_size=3)),
+        jit_compile=True)(q, k, v)
+    want = step(lambda q, k, v: scaled_dot_product_attention(q, k, v, mask=mask,
+                                                             causal=True))(q, k, v)
+    for name, a, b in zip(["out", "q", "k", "v"], got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=name)
+
+
 def test_unknown_lengths_in_tf_function():
     signature = [tf.TensorSpec([None, None, None, 4], tf.float32)] * 2 + [
         tf.TensorSpec([None, None, None, 3], tf.float32),
