@@ -293,18 +293,25 @@ class Trainer:
             if self.jit_compile else self._replica_train_step
 
         @tf.function
-        def train_step(batch):
-            x, y, w = _unpack(batch)
+        def train_step(iterator):
+            # The batch is read inside the graph (like Keras' train_function): no eager
+            # get_next op and no per-step packing of the batch's tensors in Python.
+            x, y, w = _unpack(next(iterator))
             loss, finite = strategy.run(replica_train, args=(x, y, w))
             loss = strategy.experimental_local_results(loss)[0]
             finite = strategy.experimental_local_results(finite)[0]
-            self.step.assign_add(1)
-            self.batch_in_epoch.assign_add(1)
-            if not finite:
-                self.skipped_steps.assign_add(1)
-                if self.first_bad_step == 0:
-                    self.first_bad_step.assign(self.step)
-            return loss
+            # The counters wait for the step's results: when the data has run out, the
+            # call fails at next() and must not count a step (resume skips by these).
+            with tf.control_dependencies([loss, finite]):
+                step = self.step.assign_add(1)
+                self.batch_in_epoch.assign_add(1)
+                # Branch-free bookkeeping of bad steps (no tf.cond in the step's graph).
+                bad = tf.logical_not(finite)
+                self.skipped_steps.assign_add(tf.cast(bad, tf.int64))
+                first_bad = self.first_bad_step.read_value()
+                self.first_bad_step.assign(
+                    tf.where(tf.logical_and(bad, tf.equal(first_bad, 0)), step, first_bad))
+            return tf.identity(loss)
 
         @tf.function
         def eval_step(batch):
@@ -312,6 +319,12 @@ class Trainer:
             return strategy.run(self._replica_eval_step, args=(x, y, w))
 
         self._train_step, self._eval_step = train_step, eval_step
+
+    def _count_batches(self, cardinality):
+        """Whether the epoch loop may stop after `cardinality` steps rather than at the end
+        of the data: only for a known count of batches that one process reads whole."""
+        return cardinality >= 0 and self.strategy.num_replicas_in_sync == 1 and \
+            not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
     def _distribute(self, dataset):
         if self.strategy.num_replicas_in_sync == 1 and \
@@ -440,7 +453,8 @@ class Trainer:
         elif not callable(train):
             raise TypeError("train must be a tf.data.Dataset or a function (epoch, "
                             "skip_batches) -> Dataset, got %r" % (train,))
-        self._build(train(0, 0))
+        if not self._built:
+            self._build(train(0, 0))
         restored = self.restore() if resume else None
         self.history = {}
         handler_installed = False
@@ -506,9 +520,9 @@ class Trainer:
                 for metric in [self.loss_metric] + self.metrics:
                     metric.reset_state()
             dataset = train(epoch, skip)
+            cardinality = int(dataset.cardinality().numpy())
             target = steps_per_epoch
             if target is None:
-                cardinality = int(dataset.cardinality().numpy())
                 target = cardinality + skip if cardinality >= 0 else None
             bar = tf.keras.utils.Progbar(target, verbose=1 if self.verbose else 0,
                                          stateful_metrics=None) \
@@ -520,8 +534,20 @@ class Trainer:
             step = epoch_start_step + skip
             last_sync = time.time()
             loss = None
-            for batch in self._distribute(dataset):
-                loss = self._train_step(batch)
+            iterator = iter(self._distribute(dataset))
+            # One trace lookup per epoch: the concrete function is then called directly,
+            # which skips the tf.function dispatch (argument hashing) on every step.
+            train_step = self._train_step.get_concrete_function(iterator)
+            # With a known number of batches the loop stops without running into the
+            # end of the data inside the graph (an OutOfRangeError); otherwise it does.
+            remaining = cardinality if self._count_batches(cardinality) else None
+            while remaining is None or remaining > 0:
+                try:
+                    loss = train_step(iterator)
+                except tf.errors.OutOfRangeError:
+                    break
+                if remaining is not None:
+                    remaining -= 1
                 step += 1
                 # Read device values (a host sync) only now and then, before a checkpoint
                 # and at the end of the epoch, so that steps run back to back.

@@ -36,6 +36,27 @@ def test_same_weights_as_keras_fit():
     assert int(trainer.step.numpy()) == 9 and len(history["loss"]) == 3
 
 
+@pytest.mark.parametrize("known_length", [True, False])
+def test_every_batch_once_with_a_short_last_batch_and_data_of_unknown_length(known_length):
+    # The step reads its batch inside the graph: with a known number of batches the epoch
+    # stops after them, otherwise at the end of the data; a short last batch is trained too.
+    model = _linear()
+    reference = _linear()
+    reference.set_weights(model.get_weights())
+    reference.compile(tf.keras.optimizers.Adam(0.05), "mse")
+    reference.fit(X, Y, batch_size=20, epochs=2, shuffle=False, verbose=0)  # 20, 20, 8
+    data = _dataset(batch=20)
+    if not known_length:
+        data = data.filter(lambda x, y: True)
+        assert int(data.cardinality().numpy()) == tf.data.UNKNOWN_CARDINALITY
+    trainer = Trainer(model, tf.keras.optimizers.Adam(0.05), "mse", verbose=0)
+    history = trainer.fit(data, epochs=2)
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert int(trainer.step.numpy()) == 6 and len(history["loss"]) == 2
+    assert int(trainer.batch_in_epoch.numpy()) == 0
+
+
 def test_clipping_against_a_numpy_gradient_step():
     model = _linear()
     w0, b0 = (v.astype(np.float64) for v in model.get_weights())
