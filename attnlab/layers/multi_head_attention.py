@@ -57,23 +57,6 @@ class _Projection(tf.keras.layers.Layer):
         return y
 
 
-class _OutputProjection(_Projection):
-    """The output projection (B, T, H, dv) x (H, dv, Dout) -> (B, T, Dout) as one 2-D
-    matmul (B T, H dv) x (H dv, Dout) with the bias add fused into it: forward and backward
-    cheaper than the einsum and its separate bias add (the einsum's gradients are einsums
-    too)."""
-
-    def call(self, x):
-        kernel = tf.cast(self.kernel, x.dtype)
-        heads, depth, output_dim = kernel.shape
-        shape = tf.shape(x)
-        y = tf.matmul(tf.reshape(x, [-1, heads * depth]),
-                      tf.reshape(kernel, [heads * depth, output_dim]))
-        if self.bias is not None:
-            y = y + tf.cast(self.bias, x.dtype)
-        return tf.reshape(y, tf.stack([shape[0], shape[1], output_dim]))
-
-
 @tf.keras.utils.register_keras_serializable(package="attnlab")
 class MultiHeadAttention(tf.keras.layers.Layer):
     """Multi-head attention (Vaswani et al. 2017) with selectable kernel and KV cache.
@@ -211,7 +194,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                 (heads, self.value_dim) if self.use_bias else None,
                 _clone(self.kernel_initializer), _clone(self.bias_initializer), name="value",
                 **common)
-            self.output_dense = _OutputProjection(
+            self.output_dense = _Projection(
                 "bthk,hko->bto", (heads, self.value_dim, output_dim),
                 (output_dim,) if self.use_bias else None, _clone(self.kernel_initializer),
                 _clone(self.bias_initializer), name="attention_output", **common)
