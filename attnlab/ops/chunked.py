@@ -47,12 +47,41 @@ def _chunk(x, index, size):
     return chunk
 
 
-def _from_chunks(x, rank):
-    """(n, ..., c, d) -> (..., n * c, d): stacked chunks back into one sequence axis."""
-    perm = list(range(1, rank - 1)) + [0, rank - 1, rank]
-    x = tf.transpose(x, perm)
-    shape = tf.shape(x)
-    return tf.reshape(x, tf.concat([shape[:-3], [shape[-3] * shape[-2], shape[-1]]], axis=0))
+def _chunk_buffer(x, num_chunks, chunk_size, depth, dtype):
+    """Zeros of shape (..., num_chunks, chunk_size, depth), lead dims those of `x`.
+
+    Reshaped to (..., num_chunks * chunk_size, depth) it is a sequence in the natural
+    layout, without a copy; `_write_chunk` fills it one (chunk, depth) slice at a time.
+    """
+    lead = tf.shape(x)[:-2]
+    return tf.zeros(tf.concat([lead, [num_chunks, chunk_size, depth]], axis=0), dtype)
+
+
+def _lead_indices(x):
+    """int32 (..., rank - 2): every position of the lead dims of `x` (B, H, ...)."""
+    lead = tf.unstack(tf.shape(x)[:-2], num=x.shape.rank - 2)
+    if not lead:
+        return tf.zeros([0], tf.int32)
+    return tf.stack(tf.meshgrid(*[tf.range(n) for n in lead], indexing="ij"), axis=-1)
+
+
+def _write_chunk(buffer, lead_indices, index, chunk, add=False):
+    """`buffer` (..., n, c, d) with slice `index` of axis -3 replaced by (or plus) `chunk`."""
+    index = tf.fill(tf.concat([tf.shape(lead_indices)[:-1], [1]], axis=0), index)
+    # A leading axis of 1 keeps the indices at rank >= 2 when there are no lead dims.
+    indices = tf.concat([lead_indices, index], axis=-1)[tf.newaxis]
+    scatter = tf.tensor_scatter_nd_add if add else tf.tensor_scatter_nd_update
+    return scatter(buffer, indices, chunk[tf.newaxis])
+
+
+def _sequence(buffer, length):
+    """(..., n, c, d) -> (..., length, d): a reshape (no copy) and, when padded, a slice."""
+    shape = tf.shape(buffer)
+    x = tf.reshape(buffer, tf.concat([shape[:-3], [shape[-3] * shape[-2], shape[-1]]], 0))
+    if isinstance(length, int) and buffer.shape[-3] is not None and \
+            buffer.shape[-3] * buffer.shape[-2] == length:
+        return x
+    return x[..., :length, :]
 
 
 def _slice_axis(mask, positions, axis):
@@ -87,20 +116,37 @@ def _chunk_summary(query, key, value, keep, acc_dtype):
     return weighted, row_sum, row_max
 
 
+def _with_column(x, column):
+    """(..., n, d) -> (..., n, d + 1): `x` with `column` (..., n, 1) appended."""
+    return tf.concat([x, tf.cast(column, x.dtype)], axis=-1)
+
+
 def _chunk_gradients(query, key, value, d_out, log_sum_exp, delta, keep, acc_dtype):
     """Gradient contributions of one (query chunk, key chunk) block.
 
     With p = exp(s - lse) the block's exact softmax weights and delta = rowsum(dO * O):
     dV = p^T dO, dS = p * (dO V^T - delta), dQ = dS K, dK = dS^T Q (all in `acc_dtype`).
+    In float32/float64 the two row offsets ride in the matmuls as an extra column,
+    [q, -lse] [k, 1]^T and [dO, -delta] [v, 1]^T, which saves two passes over the block.
     """
-    scores = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype)
-    weights = tf.exp(scores - log_sum_exp)
+    dtype = query.dtype
+    fold = dtype == acc_dtype  # half precision: the offsets are applied in float32
+    if fold:
+        shifted = tf.matmul(_with_column(query, -log_sum_exp),
+                            _with_column(key, tf.ones_like(key[..., :1])), transpose_b=True)
+    else:
+        shifted = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype) - log_sum_exp
+    weights = tf.exp(shifted)
     if keep is not None:
         weights = tf.where(keep, weights, tf.zeros([], acc_dtype))
-    dtype = query.dtype
     d_value = tf.cast(tf.matmul(tf.cast(weights, dtype), d_out, transpose_a=True), acc_dtype)
-    d_weights = tf.cast(tf.matmul(d_out, value, transpose_b=True), acc_dtype)
-    d_scores = tf.cast(weights * (d_weights - delta), dtype)
+    if fold:
+        d_shifted = tf.matmul(_with_column(d_out, -delta),
+                              _with_column(value, tf.ones_like(value[..., :1])),
+                              transpose_b=True)
+    else:
+        d_shifted = tf.cast(tf.matmul(d_out, value, transpose_b=True), acc_dtype) - delta
+    d_scores = tf.cast(weights * d_shifted, dtype)
     d_query = tf.cast(tf.matmul(d_scores, key), acc_dtype)
     d_key = tf.cast(tf.matmul(d_scores, query, transpose_a=True), acc_dtype)
     return d_query, d_key, d_value
@@ -171,7 +217,13 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         depth = query.shape[-1]
         scale = (default_scale(depth) if depth is not None
                  else tf.math.rsqrt(tf.cast(tf.shape(query)[-1], tf.float32)))
-    query = query * tf.cast(scale, dtype)
+    # A constant scale is applied to each query chunk inside (no scaled copy of the whole
+    # query, and none of its gradient); a tensor one outside, so that it gets a gradient.
+    chunk_scale = None
+    if isinstance(scale, (int, float)):
+        chunk_scale = None if scale == 1.0 else float(scale)
+    else:
+        query = query * tf.cast(scale, dtype)
 
     if mask is not None:
         scores_shape = query.shape[:-1].concatenate(key.shape[-2:-1])
@@ -226,16 +278,22 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             return 0
         return tf.clip_by_value((k_index * k_chunk - offset) // q_chunk, 0, num_q)
 
+    def query_chunk(q, q_index):
+        q_i = _chunk(q, q_index, q_chunk)
+        return q_i if chunk_scale is None else q_i * tf.cast(chunk_scale, dtype)
+
     def forward(q, k, v):
         """Output (..., T, dv) and the padded per-query log-sum-exp (..., num_q * c, 1)."""
         q = _pad_length(q, pad_t, rank)
         k = _pad_length(k, pad_s, rank)
         v = _pad_length(v, pad_s, rank)
-        outputs = tf.TensorArray(dtype, size=num_q)
-        log_sum_exps = tf.TensorArray(acc_dtype, size=num_q)
+        lead = _lead_indices(q)
+        # Written in place one query chunk at a time: no list of chunks to stack afterwards.
+        outputs = _chunk_buffer(q, num_q, q_chunk, tf.shape(v)[-1], dtype)
+        log_sum_exps = _chunk_buffer(q, num_q, q_chunk, 1, acc_dtype)
 
         def query_step(q_index, outputs, log_sum_exps):
-            q_i = _chunk(q, q_index, q_chunk)
+            q_i = query_chunk(q, q_index)
 
             def key_step(k_index, acc, row_max, row_sum):
                 weighted, chunk_sum, chunk_max = _chunk_summary(
@@ -258,17 +316,18 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             _, acc, row_max, row_sum = tf.while_loop(
                 lambda k_index, *_: k_index < needed, key_step, init, parallel_iterations=1)
             # Rows that saw no key have row_sum == 0: zero output instead of 0 / 0, and a
-            # finite log-sum-exp (the backward pass masks all of their weights anyway).
+            # log-sum-exp of 0 (the backward pass masks all of their weights anyway).
+            seen = row_sum > 0
             out = tf.math.divide_no_nan(acc, row_sum)
-            lse = row_max + tf.math.log(tf.where(row_sum > 0, row_sum, tf.ones_like(row_sum)))
-            return (q_index + 1, outputs.write(q_index, tf.cast(out, dtype)),
-                    log_sum_exps.write(q_index, lse))
+            lse = tf.where(seen, row_max + tf.math.log(tf.where(seen, row_sum, 1)), 0)
+            return (q_index + 1,
+                    _write_chunk(outputs, lead, q_index, tf.cast(out, dtype)),
+                    _write_chunk(log_sum_exps, lead, q_index, lse))
 
         _, outputs, log_sum_exps = tf.while_loop(
             lambda q_index, *_: q_index < num_q, query_step, (0, outputs, log_sum_exps),
             parallel_iterations=1)
-        return (_from_chunks(outputs.stack(), rank)[..., :t, :],
-                _from_chunks(log_sum_exps.stack(), rank))
+        return _sequence(outputs, t), _sequence(log_sum_exps, num_q * q_chunk)
 
     def backward(q, k, v, out, log_sum_exp, d_out):
         """dQ, dK, dV: key chunks outer (dK, dV accumulate per chunk), queries inner."""
@@ -279,11 +338,10 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         q, d_out, delta = (_pad_length(x, pad_t, rank) for x in (q, d_out, delta))
         k = _pad_length(k, pad_s, rank)
         v = _pad_length(v, pad_s, rank)
-        lead = tf.shape(q)[:-2]
-        d_query = tf.zeros(tf.concat([[num_q], lead, [q_chunk, tf.shape(q)[-1]]], 0),
-                           acc_dtype)
-        d_keys = tf.TensorArray(dtype, size=num_k)
-        d_values = tf.TensorArray(dtype, size=num_k)
+        lead = _lead_indices(q)
+        d_query = _chunk_buffer(q, num_q, q_chunk, tf.shape(q)[-1], acc_dtype)
+        d_keys = _chunk_buffer(k, num_k, k_chunk, tf.shape(k)[-1], dtype)
+        d_values = _chunk_buffer(v, num_k, k_chunk, tf.shape(v)[-1], dtype)
 
         def key_step(k_index, d_query, d_keys, d_values):
             k_j = _chunk(k, k_index, k_chunk)
@@ -291,25 +349,27 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
 
             def query_step(q_index, d_query, d_key, d_value):
                 dq, dk, dv = _chunk_gradients(
-                    _chunk(q, q_index, q_chunk), k_j, v_j, _chunk(d_out, q_index, q_chunk),
+                    query_chunk(q, q_index), k_j, v_j, _chunk(d_out, q_index, q_chunk),
                     _chunk(log_sum_exp, q_index, q_chunk), _chunk(delta, q_index, q_chunk),
                     chunk_keep(q_index, k_index), acc_dtype)
-                d_query = tf.tensor_scatter_nd_add(d_query, [[q_index]], dq[tf.newaxis])
+                if chunk_scale is not None:
+                    dq = dq * chunk_scale
+                d_query = _write_chunk(d_query, lead, q_index, dq, add=True)
                 return q_index + 1, d_query, d_key + dk, d_value + dv
 
             init = (first_query_chunk(k_index), d_query,
                     tf.zeros_like(k_j, acc_dtype), tf.zeros_like(v_j, acc_dtype))
             _, d_query, d_key, d_value = tf.while_loop(
                 lambda q_index, *_: q_index < num_q, query_step, init, parallel_iterations=1)
-            return (k_index + 1, d_query, d_keys.write(k_index, tf.cast(d_key, dtype)),
-                    d_values.write(k_index, tf.cast(d_value, dtype)))
+            return (k_index + 1, d_query,
+                    _write_chunk(d_keys, lead, k_index, tf.cast(d_key, dtype)),
+                    _write_chunk(d_values, lead, k_index, tf.cast(d_value, dtype)))
 
         _, d_query, d_keys, d_values = tf.while_loop(
             lambda k_index, *_: k_index < num_k, key_step, (0, d_query, d_keys, d_values),
             parallel_iterations=1)
-        return (tf.cast(_from_chunks(d_query, rank)[..., :t, :], dtype),
-                _from_chunks(d_keys.stack(), rank)[..., :s, :],
-                _from_chunks(d_values.stack(), rank)[..., :s, :])
+        return (tf.cast(_sequence(d_query, t), dtype), _sequence(d_keys, s),
+                _sequence(d_values, s))
 
     @tf.custom_gradient
     def attend(q, k, v):

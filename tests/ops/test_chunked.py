@@ -237,6 +237,29 @@ def test_xla_compiled_forward_and_gradients_match_full_attention():
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=name)
 
 
+def test_rank_two_inputs_without_lead_dims():
+    q, k, v = (tf.constant(x) for x in _inputs((), 7, 9, seed=4))
+    upstream = tf.constant(np.random.default_rng(4).normal(size=(7, 3)), tf.float32)
+    got = _gradients(lambda: chunked_attention(q, k, v, causal=True, query_chunk_size=3,
+                                               key_chunk_size=4), [q, k, v], upstream)
+    want = _gradients(lambda: scaled_dot_product_attention(q, k, v, causal=True), [q, k, v],
+                      upstream)
+    for name, a, b in zip("qkv", got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=name)
+
+
+def test_scale_given_as_a_variable_gets_its_gradient():
+    q, k, v = (tf.constant(x) for x in _inputs((2,), 6, 5, seed=5))
+    upstream = tf.constant(np.random.default_rng(5).normal(size=(2, 6, 3)), tf.float32)
+    scale = tf.Variable(0.7)
+    got = _gradients(lambda: chunked_attention(q, k, v, scale=scale, query_chunk_size=4,
+                                               key_chunk_size=2), [q, scale], upstream)
+    want = _gradients(lambda: scaled_dot_product_attention(q, k, v, scale=scale),
+                      [q, scale], upstream)
+    for name, a, b in zip(["q", "scale"], got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=name)
+
+
 def test_unknown_lengths_in_tf_function():
     signature = [tf.TensorSpec([None, None, None, 4], tf.float32)] * 2 + [
         tf.TensorSpec([None, None, None, 3], tf.float32),
