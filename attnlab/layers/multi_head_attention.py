@@ -78,7 +78,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             (attnlab.ops.chunked, memory-efficient) or "local" (attnlab.ops.local, each
             query sees keys within `window` positions).
         window: the local window; required for "local".
-        chunk_size: query and key chunk size of "chunked" (default 1024).
+        chunk_size: query and key chunk size of "chunked" (default: chunked_attention's, 512).
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         activity_regularizer, kernel_constraint, bias_constraint: as in Keras Dense.
         **kwargs: base Layer arguments (name, dtype, ...).
@@ -368,10 +368,10 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                 q, k, v, mask=mask, scale=1.0, dropout_rate=self.dropout, training=training,
                 return_weights=True)
         if impl == "chunked":
-            size = self.chunk_size or 1024
+            sizes = {} if self.chunk_size is None else dict(
+                query_chunk_size=self.chunk_size, key_chunk_size=self.chunk_size)
             return chunked_attention(q, k, v, mask=mask, causal=causal, scale=1.0,
-                                     query_chunk_size=size, key_chunk_size=size,
-                                     causal_offset=offset), None
+                                     causal_offset=offset, **sizes), None
         return local_attention(q, k, v, self.window, causal=causal, mask=mask,
                                scale=1.0), None
 
