@@ -5,7 +5,8 @@ then the baseline RSS is taken (and the peak RSS reset to it); the case's peak R
 (VmHWM) above that baseline is reported, tracing of the tf.function included. Full
 attention at L=32768 would need more than 24 GiB and is not run: its memory is computed
 from the per-score-element factor measured on full attention at the largest length run.
-Time at L=2048 is measured in one further process, full and chunked interleaved.
+Time at L=2048 is measured in one further process, full and chunked interleaved (and, for
+reference, full attention through TensorFlow's generic softmax gradient).
 
 Usage:
     python benchmarks/chunked_memory.py            # the issue's cases (several minutes)
@@ -48,6 +49,10 @@ def _step(tf, impl, chunk):
     def attend(q, k, v):
         if impl == "full":
             return scaled_dot_product_attention(q, k, v)
+        if impl == "autodiff":
+            # Asking for the weights takes the generic path: TensorFlow's autodiff of
+            # softmax(q k^T) v, the textbook full attention.
+            return scaled_dot_product_attention(q, k, v, return_weights=True)[0]
         return chunked_attention(q, k, v, query_chunk_size=chunk, key_chunk_size=chunk)
 
     @tf.function
@@ -94,7 +99,7 @@ def run_time_case(args, length):
     """In this process: full and chunked forward + backward timed, interleaved."""
     tf = _harness.configure_threads(args.threads)
     inputs = _inputs(tf, length)
-    steps = {impl: _step(tf, impl, args.chunk) for impl in ("full", "chunked")}
+    steps = {impl: _step(tf, impl, args.chunk) for impl in ("full", "chunked", "autodiff")}
     times = {impl: [] for impl in steps}
     for step in steps.values():
         _harness.time_ms(lambda step=step: step(*inputs), args.warmup, 0)
@@ -170,12 +175,18 @@ def main(argv=None):
         print("Note: /proc/self/clear_refs was not writable; peaks include the import peak.")
 
     timing = _child(args, "time:%d" % sizes["time_length"])
-    full_t, chunked_t = _harness.Timing(timing["full"]), _harness.Timing(timing["chunked"])
+    full_t, chunked_t, autodiff_t = (_harness.Timing(timing[impl])
+                                     for impl in ("full", "chunked", "autodiff"))
     time_ratio = chunked_t.median / full_t.median
     _harness.table("Forward + backward time at L=%d (ms, median (min-max) of %d, interleaved)"
                    % (sizes["time_length"], args.repeats),
-                   ["case", "chunked", "full", "chunked / full"],
-                   [["L=%d" % sizes["time_length"], chunked_t, full_t, "%.2fx" % time_ratio]])
+                   ["case", "chunked", "full", "chunked / full", "full, autodiff softmax",
+                    "chunked / autodiff full"],
+                   [["L=%d" % sizes["time_length"], chunked_t, full_t, "%.2fx" % time_ratio,
+                     autodiff_t, "%.2fx" % (chunked_t.median / autodiff_t.median)]])
+    print("\n`full` is attnlab's scaled_dot_product_attention with its own gradient (the "
+          "target's reference); `autodiff` the same op asked for its weights, which takes "
+          "TensorFlow's generic softmax gradient.")
 
     ratio_length = sizes["ratio_length"]
     memory_ratio = (results["full", ratio_length]["peak_above_mib"]
