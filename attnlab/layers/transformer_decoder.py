@@ -46,6 +46,10 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
         self_attention_cache: `(key_cache, value_cache)` of the self-attention, see
             `init_cache`.
         cache_update_index: position of the first of the T new tokens in the cache.
+        cross_attention_cache: `(keys, values)` of the cross-attention over
+            `encoder_output`, from `precompute_cross_attention`; given, they are used
+            instead of projecting `encoder_output` again (once per sequence in decoding,
+            not at every step).
         return_attention_scores: also return {"self": (B, H, T, T or S_max),
             "cross": (B, H, T, S)}.
         training: dropout switch.
@@ -99,9 +103,22 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
                              "the (B, T, D) input shape first")
         return self.self_attention.init_cache(batch_size, max_length, dtype)
 
+    def precompute_cross_attention(self, encoder_output):
+        """The cross-attention's keys and values of `encoder_output` (B, S, D), each
+        (B, S, H, D // H): pass them as `cross_attention_cache` to every decoding step."""
+        if not self.use_cross_attention:
+            raise ValueError("%s was built with use_cross_attention=False" % self.name)
+        if not self.built:
+            raise ValueError("precompute_cross_attention needs a built block: call it once "
+                             "first")
+        memory = tf.cast(without_keras_mask(tf.convert_to_tensor(encoder_output)),
+                         self.compute_dtype)
+        return (self.cross_attention.key_dense(memory),
+                self.cross_attention.value_dense(memory))
+
     def call(self, inputs, encoder_output=None, attention_mask=None, encoder_mask=None,
              mask=None, self_attention_cache=None, cache_update_index=None,
-             return_attention_scores=False, training=None):
+             return_attention_scores=False, training=None, cross_attention_cache=None):
         if self.use_cross_attention and encoder_output is None:
             raise ValueError("%s has cross-attention: pass encoder_output (B, S, D), or build "
                              "it with use_cross_attention=False" % self.name)
@@ -144,7 +161,10 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
                 x = self.cross_attention_norm(x)
             attended = self.cross_attention(
                 without_keras_mask(x), memory, attention_mask=key_padding_mask(encoder_mask),
-                return_attention_scores=return_attention_scores, training=training)
+                return_attention_scores=return_attention_scores, training=training,
+                cache=cross_attention_cache)
+            if cross_attention_cache is not None:
+                attended = attended[:-1] if return_attention_scores else attended[0]
             if return_attention_scores:
                 attended, scores["cross"] = attended
             x = residual + self.cross_attention_dropout(attended, training=training)

@@ -106,23 +106,28 @@ class TransformerSeq2Seq(tf.keras.Model):
 
     # Decoding protocol (attnlab.decoding).
     def init_decode_state(self, memory, max_length):
-        """One empty (key, value) cache per decoder block, max_length positions."""
+        """Per decoder block: an empty self-attention (key, value) cache of max_length
+        positions, and the cross-attention keys and values of the encoder output,
+        projected once here rather than at every step."""
         if max_length > self.max_length:
             raise ValueError("max_length %d exceeds the model's max_length %d"
                              % (max_length, self.max_length))
         batch = tf.shape(memory["outputs"])[0]
         if not self.decoder_blocks[0].built:
             self._decode(tf.ones([1, 1], tf.int32), {k: v[:1] for k, v in memory.items()})
-        return [block.init_cache(batch, max_length) for block in self.decoder_blocks]
+        return [{"self": block.init_cache(batch, max_length),
+                 "cross": block.precompute_cross_attention(memory["outputs"])}
+                for block in self.decoder_blocks]
 
     def decode_step(self, tokens, memory, state, index):
         """Logits (B, V) after feeding `tokens` (B,) at position `index`, and the new cache."""
         x = self._embed(self.target_embedding, tokens[:, tf.newaxis], start_index=index)
         new_state = []
         for block, cache in zip(self.decoder_blocks, state):
-            x, cache = block(x, encoder_output=memory["outputs"], encoder_mask=memory["mask"],
-                             self_attention_cache=cache, cache_update_index=index)
-            new_state.append(cache)
+            x, self_cache = block(x, encoder_output=memory["outputs"],
+                                  encoder_mask=memory["mask"], self_attention_cache=cache["self"],
+                                  cache_update_index=index, cross_attention_cache=cache["cross"])
+            new_state.append({"self": self_cache, "cross": cache["cross"]})
         return self.project(self.decoder_norm(x))[:, 0], new_state
 
     def decode_full(self, prefix, memory):

@@ -139,6 +139,34 @@ def test_cached_decoding_equals_one_shot(norm_first):
     assert cache[0].shape == (2, t + 2, 3, 2)
 
 
+@pytest.mark.parametrize("return_scores", [False, True])
+def test_precomputed_cross_attention_equals_projecting_the_encoder_output(return_scores):
+    rng = np.random.RandomState(3)
+    x = tf.constant(rng.normal(size=(2, 3, 6)).astype("float32"))
+    memory = tf.constant(rng.normal(size=(2, 4, 6)).astype("float32"))
+    encoder_mask = np.array([[True, True, True, False], [True, True, False, False]])
+    block = TransformerDecoderBlock(3, 10, bias_initializer="random_normal")
+    expected = block(x, memory, encoder_mask=encoder_mask,
+                     return_attention_scores=return_scores)
+    cross = block.precompute_cross_attention(memory)
+    assert [c.shape for c in cross] == [(2, 4, 3, 2)] * 2
+    got = block(x, memory, encoder_mask=encoder_mask, cross_attention_cache=cross,
+                return_attention_scores=return_scores)
+    if return_scores:
+        (expected, expected_scores), (got, got_scores) = expected, got
+        for name in ("self", "cross"):
+            np.testing.assert_allclose(got_scores[name].numpy(),
+                                       expected_scores[name].numpy(), atol=1e-6)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_precompute_cross_attention_refuses_a_block_without_it():
+    block = TransformerDecoderBlock(2, 8, use_cross_attention=False)
+    block(tf.zeros([1, 2, 4]))
+    with pytest.raises(ValueError, match="use_cross_attention=False"):
+        block.precompute_cross_attention(tf.zeros([1, 3, 4]))
+
+
 def test_cached_decoding_returns_scores_over_the_cache():
     x = tf.random.normal([1, 3, 4])
     block = TransformerDecoderBlock(2, 8, use_cross_attention=False)
