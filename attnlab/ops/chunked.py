@@ -279,6 +279,7 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         return tf.clip_by_value((k_index * k_chunk - offset) // q_chunk, 0, num_q)
 
     def query_chunk(q, q_index):
+        """Query chunk `q_index`, scaled."""
         q_i = _chunk(q, q_index, q_chunk)
         return q_i if chunk_scale is None else q_i * tf.cast(chunk_scale, dtype)
 
