@@ -1,7 +1,5 @@
 """`python -m attnlab ...`: the attnlab command line (see attnlab.train.cli)."""
-import sys
-
-from attnlab.train.cli import main
+from attnlab.train.cli import entry_point
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -15,6 +15,7 @@ import sys
 import time
 
 from attnlab.train.config import ConfigError, load_config
+from attnlab.train.process_exit import run_and_exit
 from attnlab.train.run_dir import read_status
 
 
@@ -206,5 +207,10 @@ def main(argv=None):
         return 2
 
 
+def entry_point():
+    """The `attnlab` console script and `python -m attnlab`."""
+    run_and_exit(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -6,6 +6,7 @@ import time
 import numpy as np
 
 from attnlab.train.config import dump_config
+from attnlab.train.process_exit import mark_collective_runtime_started
 from attnlab.train.run_dir import RunDir, atomic_write_text
 
 
@@ -19,6 +20,7 @@ def make_strategy(name):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
+        mark_collective_runtime_started()
         return tf.distribute.MultiWorkerMirroredStrategy()
     return None
 

@@ -19,9 +19,11 @@ GLOBAL_BATCH = 16
 
 
 def main(out, mode="single"):
+    from attnlab.train.runner import make_strategy
+
     strategy = None
     if mode == "multi_worker":
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = make_strategy("multi_worker")  # as `attnlab train` makes it
     elif mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
@@ -51,4 +53,6 @@ def main(out, mode="single"):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    from attnlab.train.process_exit import run_and_exit
+
+    run_and_exit(lambda: main(*sys.argv[1:]))
