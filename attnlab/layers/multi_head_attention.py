@@ -92,12 +92,13 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         return_attention_scores: also return the weights (B, H, T, S) ("full" only).
         training: dropout switch.
         causal: hide keys after each query, aligned so the last query sees the last key.
-        cache: `(key_cache (B, S_max, H, dk), value_cache (B, S_max, H, dv))`, see
-            `init_cache`. With `cache_update_index` the projected keys/values of the T new
-            tokens are written at positions index..index+T-1 and the queries attend over the
-            whole cache causally (query t sits at position index + t); without it the cache
-            is read as precomputed keys/values (e.g. cross-attention). Keras masks of
-            value/key are not used with a cache (they describe only the new tokens).
+        cache: `(key_cache (B, H, S_max, dk), value_cache (B, H, S_max, dv))`, head-major,
+            see `init_cache`. With `cache_update_index` the projected keys/values of the T
+            new tokens are written at positions index..index+T-1 and the queries attend over
+            the whole cache causally (query t sits at position index + t); without it the
+            cache is read as precomputed keys/values (e.g. cross-attention over an encoder
+            output, see `project_cache`). Keras masks of value/key are not used with a
+            cache (they describe only the new tokens).
         cache_update_index: scalar int position of the first new token in the cache.
             With "local" attention, cached decoding uses the causal band of `window`
             positions at the queries' absolute positions.
@@ -203,7 +204,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         self._projections_built = True
 
     def init_cache(self, batch_size, max_length, dtype=None):
-        """An empty KV cache for this layer: (B, S_max, H, dk) and (B, S_max, H, dv) zeros.
+        """An empty KV cache for this layer: (B, H, S_max, dk) and (B, H, S_max, dv) zeros.
 
         Example:
             >>> cache = mha.init_cache(batch_size=2, max_length=32)
@@ -211,9 +212,26 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         return empty_cache(batch_size, max_length, self.num_heads, self.key_dim,
                            self.value_dim, dtype or self.compute_dtype)
 
+    def project_cache(self, value, key=None):
+        """The read-only cache of a fixed sequence `value` (B, S, Dv) (`key` default
+        `value`): its projected keys (B, H, S, dk) and values (B, H, S, dv). Computed once,
+        e.g. for the encoder output, and passed as `cache` without `cache_update_index`.
+
+        Example:
+            >>> cache = mha.project_cache(encoder_output)
+            >>> out, _ = mha(decoder_x, encoder_output, cache=cache)
+        """
+        value = tf.convert_to_tensor(value)
+        key = value if key is None else tf.convert_to_tensor(key)
+        if not self._projections_built:
+            raise ValueError("project_cache needs a built layer: call it once first")
+        self._check_depths(value=value, key=key)
+        key, value = (tf.cast(x, self.compute_dtype) for x in (key, value))
+        return (_heads_first(self.key_dense(key)), _heads_first(self.value_dense(value)))
+
     # ------------------------------------------------------------------------------ call
-    def _check_depths(self, query, value, key):
-        for name, x in (("query", query), ("value", value), ("key", key)):
+    def _check_depths(self, **inputs):
+        for name, x in inputs.items():
             if x.shape.rank is not None and x.shape.rank != 3:
                 raise ValueError("MultiHeadAttention expects %s of shape (B, length, depth), "
                                  "got %s" % (name, shape_str(x)))
@@ -252,7 +270,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             check_floating(name, x)
         if not self._projections_built:
             self._build_projections(query.shape, value.shape, key.shape)
-        self._check_depths(query, value, key)
+        self._check_depths(query=query, value=value, key=key)
         if return_attention_scores and self.attention_impl != "full":
             raise ValueError("return_attention_scores=True needs attention_impl='full'; %r "
                              "attention does not compute the weights" % self.attention_impl)
@@ -281,8 +299,9 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             key_cache, value_cache = (tf.cast(c, dtype) for c in cache)
             self._check_cache(key_cache, value_cache)
             if cache_update_index is not None:
-                key_cache = update_cache(key_cache, self.key_dense(key), cache_update_index)
-                value_cache = update_cache(value_cache, self.value_dense(value),
+                key_cache = update_cache(key_cache, _heads_first(self.key_dense(key)),
+                                         cache_update_index)
+                value_cache = update_cache(value_cache, _heads_first(self.value_dense(value)),
                                            cache_update_index)
                 offset = cache_update_index
             k, v = key_cache, value_cache
@@ -291,10 +310,11 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             k = self.key_dense(key)  # (B, S, H, dk)
             v = self.value_dense(value)  # (B, S, H, dv)
 
-        axis = 2 if fused else 1  # the length axis: (B, H, L, dk) fused, else (B, L, H, dk)
-        query_length, key_length = tf.shape(q)[axis], tf.shape(k)[axis]
-        scores_shape = tf.TensorShape([q.shape[0], self.num_heads, q.shape[axis],
-                                       k.shape[axis]])
+        # The length axes: (B, H, L, depth) when fused or cached, else (B, L, H, depth).
+        q_axis, k_axis = (2 if fused else 1), (2 if fused or use_cache else 1)
+        query_length, key_length = tf.shape(q)[q_axis], tf.shape(k)[k_axis]
+        scores_shape = tf.TensorShape([q.shape[0], self.num_heads, q.shape[q_axis],
+                                       k.shape[k_axis]])
         mask = combine_masks(*[align_mask(m, scores_shape) for m in (auto_mask, attention_mask)
                                if m is not None])
         if offset is not None:
@@ -305,8 +325,9 @@ class MultiHeadAttention(tf.keras.layers.Layer):
 
         if not fused:
             # Scale the (T x dk) query rather than the (T x S) scores, as Keras MHA does.
-            q = q * tf.cast(scale, dtype)
-            q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (q, k, v))  # (B, H, len, depth)
+            q = _heads_first(q * tf.cast(scale, dtype))
+            if not use_cache:
+                k, v = _heads_first(k), _heads_first(v)
         output, scores = self._attend(q, k, v, mask, causal, offset, training, use_cache,
                                       return_attention_scores)
         output = self.output_dense(tf.transpose(output, [0, 2, 1, 3]))
@@ -381,8 +402,9 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         for name, c, depth in expected:
             if c.shape.rank is not None and (
                     c.shape.rank != 4 or
-                    not c.shape[2:].is_compatible_with([self.num_heads, depth])):
-                raise ValueError("%s must have shape (B, S_max, %d, %d), got %s"
+                    not c.shape[1:2].is_compatible_with([self.num_heads]) or
+                    not c.shape[3:].is_compatible_with([depth])):
+                raise ValueError("%s must have shape (B, %d, S_max, %d), got %s"
                                  % (name, self.num_heads, depth, shape_str(c)))
 
     def compute_mask(self, query, mask=None):
@@ -425,3 +447,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         if shapes[0] is not None and shapes[1] is not None:
             layer._build_projections(*shapes)
         return layer
+
+
+def _heads_first(x):
+    """(B, L, H, depth) -> (B, H, L, depth), the layout of the attention matmuls."""
+    return tf.transpose(x, [0, 2, 1, 3])

@@ -97,7 +97,7 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
                 self.dropout, dtype=self._dtype_policy)
 
     def init_cache(self, batch_size, max_length, dtype=None):
-        """An empty self-attention cache: (B, S_max, H, D // H) zeros, twice."""
+        """An empty self-attention cache: (B, H, S_max, D // H) zeros, twice."""
         if not self.built:
             raise ValueError("init_cache needs a built block: call it once or build it with "
                              "the (B, T, D) input shape first")
@@ -105,16 +105,14 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
 
     def precompute_cross_attention(self, encoder_output):
         """The cross-attention's keys and values of `encoder_output` (B, S, D), each
-        (B, S, H, D // H): pass them as `cross_attention_cache` to every decoding step."""
+        (B, H, S, D // H): pass them as `cross_attention_cache` to every decoding step."""
         if not self.use_cross_attention:
             raise ValueError("%s was built with use_cross_attention=False" % self.name)
         if not self.built:
             raise ValueError("precompute_cross_attention needs a built block: call it once "
                              "first")
-        memory = tf.cast(without_keras_mask(tf.convert_to_tensor(encoder_output)),
-                         self.compute_dtype)
-        return (self.cross_attention.key_dense(memory),
-                self.cross_attention.value_dense(memory))
+        return self.cross_attention.project_cache(
+            without_keras_mask(tf.convert_to_tensor(encoder_output)))
 
     def call(self, inputs, encoder_output=None, attention_mask=None, encoder_mask=None,
              mask=None, self_attention_cache=None, cache_update_index=None,

@@ -166,9 +166,9 @@ def test_cached_decoding_equals_one_shot_causal_attention(t, extra, prefill, hea
     expected = layer(x, x, causal=True).numpy()
     got, (key_cache, value_cache) = decode_with_cache(layer, x, prefill, t + extra)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
-    assert key_cache.shape == (2, t + extra, heads, 3)
-    assert value_cache.shape == (2, t + extra, heads, value_dim or 3)
-    np.testing.assert_array_equal(key_cache.numpy()[:, t:], 0.0)  # unfilled slots untouched
+    assert key_cache.shape == (2, heads, t + extra, 3)  # head-major
+    assert value_cache.shape == (2, heads, t + extra, value_dim or 3)
+    np.testing.assert_array_equal(key_cache.numpy()[:, :, t:], 0.0)  # unfilled slots untouched
 
 
 def test_cached_decoding_in_tf_function_and_while_loop():
@@ -208,24 +208,42 @@ def test_read_only_cache_equals_attention_over_the_cached_inputs():
     q, memory = random(rng, 2, 3, 4), random(rng, 2, 5, 6)
     layer = MultiHeadAttention(2, 3)
     expected = layer(q, memory).numpy()
-    keys = layer.key_dense(memory)
-    values = layer.value_dense(memory)
+    keys, values = layer.project_cache(memory)
+    np.testing.assert_array_equal(
+        keys.numpy(), layer.key_dense(memory).numpy().transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(
+        values.numpy(), layer.value_dense(memory).numpy().transpose(0, 2, 1, 3))
     got, cache = layer(q, memory, cache=(keys, values))
     np.testing.assert_allclose(got.numpy(), expected, atol=ATOL)
     np.testing.assert_array_equal(cache[0].numpy(), keys.numpy())
+    with pytest.raises(ValueError, match="built for value depth 6, got value of shape"):
+        layer.project_cache(memory[..., :4])
+    with pytest.raises(ValueError, match="project_cache needs a built layer"):
+        MultiHeadAttention(2, 3).project_cache(memory)
 
 
 def test_update_cache_writes_the_window_only():
-    cache = tf.zeros([1, 5, 1, 1])
-    new = tf.constant([[[[1.0]], [[2.0]]]])
+    cache = tf.zeros([1, 1, 5, 1])  # (B, H, S_max, d)
+    new = tf.constant([[[[1.0], [2.0]]]])
     got = update_cache(cache, new, 2).numpy().ravel()
     np.testing.assert_array_equal(got, [0, 0, 1, 2, 0])
+    # Two heads, two batch rows: the window is written on the length axis of every head.
+    cache = tf.reshape(tf.range(40, dtype=tf.float32), [2, 2, 5, 2])
+    new = -tf.reshape(tf.range(1, 9, dtype=tf.float32), [2, 2, 1, 2])
+    want = cache.numpy().copy()
+    want[:, :, 3:4] = new.numpy()
+    np.testing.assert_array_equal(update_cache(cache, new, 3).numpy(), want)
     with pytest.raises(ValueError, match="cache_update_index 4 with 2 new positions.*5"):
-        update_cache(cache, new, 4)
-    with pytest.raises(ValueError, match=r"\(1, 2, 1, 3\).*\(1, 5, 1, 1\)"):
-        update_cache(cache, tf.zeros([1, 2, 1, 3]), 0)
+        update_cache(tf.zeros([1, 1, 5, 1]), tf.ones([1, 1, 2, 1]), 4)
+    with pytest.raises(ValueError, match=r"\(1, 1, 2, 3\).*\(1, 1, 5, 1\)"):
+        update_cache(tf.zeros([1, 1, 5, 1]), tf.zeros([1, 1, 2, 3]), 0)
+    # A tensor index is checked when the graph runs.
+    write = tf.function(update_cache)
+    for index in (-1, 4):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="does not fit a cache"):
+            write(tf.zeros([1, 1, 5, 1]), tf.ones([1, 1, 2, 1]), tf.constant(index))
     keys, values = empty_cache(3, 7, num_heads=2, key_dim=4, value_dim=5)
-    assert keys.shape == (3, 7, 2, 4) and values.shape == (3, 7, 2, 5)
+    assert keys.shape == (3, 2, 7, 4) and values.shape == (3, 2, 7, 5)
     with pytest.raises(ValueError, match="max_length must be a positive integer, got 0"):
         empty_cache(1, 0, 2, 4)
 
@@ -338,12 +356,12 @@ def test_bad_call_inputs():
 def test_bad_cache_arguments():
     layer = MultiHeadAttention(2, 3)
     x = tf.ones([1, 2, 4])
-    with pytest.raises(ValueError, match=r"key_cache must have shape \(B, S_max, 2, 3\), "
-                                         r"got \(1, 5, 3, 3\)"):
-        layer(x, x, cache=(tf.zeros([1, 5, 3, 3]), tf.zeros([1, 5, 2, 3])),
+    with pytest.raises(ValueError, match=r"key_cache must have shape \(B, 2, S_max, 3\), "
+                                         r"got \(1, 5, 2, 3\)"):
+        layer(x, x, cache=(tf.zeros([1, 5, 2, 3]), tf.zeros([1, 2, 5, 3])),
               cache_update_index=0)
     with pytest.raises(ValueError, match="cache must be a pair.*Tensor"):
-        layer(x, x, cache=tf.zeros([1, 5, 2, 3]), cache_update_index=0)
+        layer(x, x, cache=tf.zeros([1, 2, 5, 3]), cache_update_index=0)
     with pytest.raises(ValueError, match="cache_update_index 4 with 2 new positions.*5"):
         layer(x, x, cache=layer.init_cache(1, 5), cache_update_index=4)
 

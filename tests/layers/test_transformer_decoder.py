@@ -136,7 +136,7 @@ def test_cached_decoding_equals_one_shot(norm_first):
         out, cache = step(x[:, i:i + 1], cache, tf.constant(i))
         outputs.append(out)
     np.testing.assert_allclose(tf.concat(outputs, 1).numpy(), expected, atol=1e-5)
-    assert cache[0].shape == (2, t + 2, 3, 2)
+    assert cache[0].shape == (2, 3, t + 2, 2)  # (B, H, S_max, dk)
 
 
 @pytest.mark.parametrize("return_scores", [False, True])
@@ -149,7 +149,7 @@ def test_precomputed_cross_attention_equals_projecting_the_encoder_output(return
     expected = block(x, memory, encoder_mask=encoder_mask,
                      return_attention_scores=return_scores)
     cross = block.precompute_cross_attention(memory)
-    assert [c.shape for c in cross] == [(2, 4, 3, 2)] * 2
+    assert [c.shape for c in cross] == [(2, 3, 4, 2)] * 2  # (B, H, S, dk)
     got = block(x, memory, encoder_mask=encoder_mask, cross_attention_cache=cross,
                 return_attention_scores=return_scores)
     if return_scores:
