@@ -1,11 +1,12 @@
 """Scaled dot-product attention (Vaswani et al. 2017), the reference every variant matches."""
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from attnlab.ops.masked_softmax import masked_softmax, softmax_dtype
 from attnlab.ops.masks import align_mask, causal_mask, combine_masks
-from attnlab.ops.validation import check_query_key_value, check_rate
+from attnlab.ops.validation import check_query_key_value, check_rate, shape_str
 
 
 def resolve_mask(mask, causal, scores_shape, query_length, key_length, causal_offset=None):
@@ -71,6 +72,18 @@ def default_scale(depth):
     return 1.0 / math.sqrt(depth)
 
 
+def _static_training(training):
+    """True or False when `training` is known now, else the bool tensor to decide by."""
+    if training is None or isinstance(training, (bool, int, np.bool_, np.integer)):
+        return bool(training)
+    training = tf.convert_to_tensor(training)
+    if training.dtype != tf.bool or training.shape.rank not in (None, 0):
+        raise TypeError("training must be a bool or a scalar bool tensor, got %s %s"
+                        % (training.dtype.name, shape_str(training)))
+    value = tf.get_static_value(training)
+    return training if value is None else bool(value)
+
+
 def scaled_dot_product_attention(query, key, value, mask=None, causal=False, scale=None,
                                  dropout_rate=0.0, training=False, return_weights=False,
                                  seed=None):
@@ -85,7 +98,8 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
         causal: hide keys after each query (aligned so the last query sees the last key).
         scale: multiplier of the scores; default 1/sqrt(d).
         dropout_rate: dropout on the attention weights, applied only when `training`.
-        training: whether dropout is active.
+        training: whether dropout is active: a Python bool, or a bool tensor (a
+            `tf.function` argument, Keras' learning phase) decided when the graph runs.
         return_weights: also return the (pre-dropout) attention weights.
         seed: optional seed for the dropout.
 
@@ -112,7 +126,8 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
     # Scaling the query (T x d) is cheaper than scaling the scores (T x S).
     if not (isinstance(scale, (int, float)) and scale == 1.0):
         query = query * tf.cast(scale, query.dtype)
-    dropout = training and dropout_rate > 0.0
+    training = _static_training(training)
+    dropout = dropout_rate > 0.0 and training is not False
     if not (return_weights or dropout) and softmax_dtype(query.dtype) == query.dtype and \
             query.shape.rank is not None:
         scores_shape = query.shape[:-1].concatenate(key.shape[-2:-1])
@@ -123,8 +138,12 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
     mask = resolve_mask(mask, causal, scores.shape, tf.shape(query)[-2], tf.shape(key)[-2])
     weights = masked_softmax(scores, mask)
     used_weights = weights
-    if dropout:
+    if dropout and training is True:
         used_weights = tf.nn.dropout(weights, rate=dropout_rate, seed=seed)
+    elif dropout:
+        used_weights = tf.cond(tf.cast(training, tf.bool),
+                               lambda: tf.nn.dropout(weights, rate=dropout_rate, seed=seed),
+                               lambda: weights)
     output = tf.matmul(used_weights, value)
     if return_weights:
         return output, weights

@@ -138,6 +138,13 @@ def test_dropout_only_in_training():
     assert np.isfinite(dropped).all()
     assert not np.allclose(dropped, expected.numpy())
 
+    # `training` as a graph tensor, decided when the function runs.
+    attend = tf.function(lambda training: layer(x, x, training=training),
+                         input_signature=[tf.TensorSpec([], tf.bool)])
+    np.testing.assert_allclose(attend(tf.constant(False)).numpy(), expected.numpy(),
+                               atol=ATOL)
+    assert not np.allclose(attend(tf.constant(True)).numpy(), expected.numpy())
+
 
 # ------------------------------------------------------------------------------ KV cache
 def decode_with_cache(layer, x, prefill, max_length):

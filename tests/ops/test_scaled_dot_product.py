@@ -117,6 +117,30 @@ def test_dropout_only_in_training_and_weights_returned_before_dropout():
     assert not np.allclose(train_out.numpy(), expected, atol=1e-3)
 
 
+def test_training_as_a_tensor_is_decided_when_the_graph_runs():
+    """A bool tensor `training` (a tf.function argument) picks dropout or not at run time."""
+    x = tf.constant(np.random.RandomState(6).normal(size=(2, 16, 8)).astype("float32"))
+    expected, _ = reference.attention(x.numpy(), x.numpy(), x.numpy())
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.bool)])
+    def attend(training):
+        return scaled_dot_product_attention(x, x, x, dropout_rate=0.5, training=training)
+
+    np.testing.assert_allclose(attend(tf.constant(False)).numpy(), expected, atol=1e-5)
+    dropped = attend(tf.constant(True)).numpy()
+    assert np.isfinite(dropped).all() and not np.allclose(dropped, expected, atol=1e-3)
+    # Known in advance (eager tensors, constants, numpy bools): decided now, same results.
+    for off in (tf.constant(False), np.bool_(False), 0, None):
+        np.testing.assert_allclose(scaled_dot_product_attention(
+            x, x, x, dropout_rate=0.5, training=off).numpy(), expected, atol=1e-5)
+    with pytest.raises(TypeError, match="training must be a bool or a scalar bool tensor, got "
+                                        "float32"):
+        scaled_dot_product_attention(x, x, x, dropout_rate=0.5, training=tf.constant(1.0))
+    with pytest.raises(TypeError, match=r"got bool \(2,\)"):
+        scaled_dot_product_attention(x, x, x, dropout_rate=0.5,
+                                     training=tf.constant([True, False]))
+
+
 def test_works_in_tf_function_with_unknown_lengths():
     @tf.function(input_signature=[tf.TensorSpec([None, None, 4]),
                                   tf.TensorSpec([None, None, None], tf.bool)])
