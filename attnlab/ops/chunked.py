@@ -107,12 +107,16 @@ def _chunk_summary(query, key, value, keep, acc_dtype):
         # Replacing (not offsetting) masked scores keeps exp() finite.
         scores = tf.where(keep, scores, mask_value(acc_dtype))
     row_max = tf.reduce_max(scores, axis=-1, keepdims=True)
-    weights = tf.exp(scores - row_max)
+    # TF's fused softmax kernel is faster than exp(scores - max) and a sum as separate ops;
+    # the sum comes back as 1 / max_j p_ij (the maximum's weight is exp(0) / sum).
+    weights = tf.nn.softmax(scores)
+    row_sum = tf.math.reciprocal(tf.reduce_max(weights, axis=-1, keepdims=True))
+    weighted = tf.cast(tf.matmul(tf.cast(weights, value.dtype), value), acc_dtype) * row_sum
     if keep is not None:
-        # A chunk row with nothing visible has max == mask value and exp(0) == 1 everywhere.
-        weights = tf.where(keep, weights, tf.zeros([], acc_dtype))
-    row_sum = tf.reduce_sum(weights, axis=-1, keepdims=True)
-    weighted = tf.cast(tf.matmul(tf.cast(weights, value.dtype), value), acc_dtype)
+        # A chunk row with nothing visible has max == mask value and uniform weights.
+        visible = tf.reduce_any(keep, axis=-1, keepdims=True)
+        row_sum = tf.where(visible, row_sum, tf.zeros([], acc_dtype))
+        weighted = tf.where(visible, weighted, tf.zeros([], acc_dtype))
     return weighted, row_sum, row_max
 
 
