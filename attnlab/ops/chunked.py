@@ -47,39 +47,38 @@ def _chunk(x, index, size):
     return chunk
 
 
-def _chunk_buffer(x, num_chunks, chunk_size, depth, dtype):
-    """Zeros of shape (..., num_chunks, chunk_size, depth), lead dims those of `x`.
+def _chunk_array(num_chunks, dtype, fill=None):
+    """A TensorArray of `num_chunks` chunks; with `fill`, every element starts as `fill`.
 
-    Reshaped to (..., num_chunks * chunk_size, depth) it is a sequence in the natural
-    layout, without a copy; `_write_chunk` fills it one (chunk, depth) slice at a time.
+    Writing a chunk is O(chunk): the array holds references, where a tensor_scatter_nd
+    write into a (..., n, c, d) buffer copies the whole buffer on every call.
     """
-    lead = tf.shape(x)[:-2]
-    return tf.zeros(tf.concat([lead, [num_chunks, chunk_size, depth]], axis=0), dtype)
+    chunks = tf.TensorArray(dtype, size=num_chunks, clear_after_read=False,
+                            element_shape=None if fill is None else fill.shape)
+    if fill is None:
+        return chunks
+    # Every element refers to the same `fill` tensor: updates replace it, never write to it.
+    return tf.while_loop(lambda index, _: index < num_chunks,
+                         lambda index, chunks: (index + 1, chunks.write(index, fill)),
+                         (0, chunks))[1]
 
 
-def _lead_indices(x):
-    """int32 (..., rank - 2): every position of the lead dims of `x` (B, H, ...)."""
-    lead = tf.unstack(tf.shape(x)[:-2], num=x.shape.rank - 2)
-    if not lead:
-        return tf.zeros([0], tf.int32)
-    return tf.stack(tf.meshgrid(*[tf.range(n) for n in lead], indexing="ij"), axis=-1)
+def _sequence(chunks, num_chunks, length):
+    """The array's (..., c, d) chunks joined along axis -2 into (..., length, d).
 
-
-def _write_chunk(buffer, lead_indices, index, chunk, add=False):
-    """`buffer` (..., n, c, d) with slice `index` of axis -3 replaced by (or plus) `chunk`."""
-    index = tf.fill(tf.concat([tf.shape(lead_indices)[:-1], [1]], axis=0), index)
-    # A leading axis of 1 keeps the indices at rank >= 2 when there are no lead dims.
-    indices = tf.concat([lead_indices, index], axis=-1)[tf.newaxis]
-    scatter = tf.tensor_scatter_nd_add if add else tf.tensor_scatter_nd_update
-    return scatter(buffer, indices, chunk[tf.newaxis])
-
-
-def _sequence(buffer, length):
-    """(..., n, c, d) -> (..., length, d): a reshape (no copy) and, when padded, a slice."""
-    shape = tf.shape(buffer)
-    x = tf.reshape(buffer, tf.concat([shape[:-3], [shape[-3] * shape[-2], shape[-1]]], 0))
-    if isinstance(length, int) and buffer.shape[-3] is not None and \
-            buffer.shape[-3] * buffer.shape[-2] == length:
+    A known number of chunks is joined by one concat (a single chunk with no copy); an
+    unknown one is stacked to (n, ..., c, d) and moved into place by a transpose.
+    """
+    if isinstance(num_chunks, int):
+        parts = [chunks.read(index) for index in range(num_chunks)]
+        x = parts[0] if num_chunks == 1 else tf.concat(parts, axis=-2)
+    else:
+        stacked = chunks.stack()
+        rank = stacked.shape.rank
+        x = tf.transpose(stacked, list(range(1, rank - 2)) + [0, rank - 2, rank - 1])
+        shape = tf.shape(x)
+        x = tf.reshape(x, tf.concat([shape[:-3], [shape[-3] * shape[-2], shape[-1]]], 0))
+    if isinstance(length, int) and x.shape[-2] == length:
         return x
     return x[..., :length, :]
 
@@ -125,31 +124,33 @@ def _with_column(x, column):
     return tf.concat([x, tf.cast(column, x.dtype)], axis=-1)
 
 
-def _chunk_gradients(query, key, value, d_out, log_sum_exp, delta, keep, acc_dtype):
-    """Gradient contributions of one (query chunk, key chunk) block.
+def _block_weights(query, key, keep, acc_dtype):
+    """softmax(q k^T) over this block's keys alone, masked as in `_chunk_summary`."""
+    scores = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype)
+    if keep is not None:
+        scores = tf.where(keep, scores, mask_value(acc_dtype))
+    return tf.nn.softmax(scores)
 
-    With p = exp(s - lse) the block's exact softmax weights and delta = rowsum(dO * O):
-    dV = p^T dO, dS = p * (dO V^T - delta), dQ = dS K, dK = dS^T Q (all in `acc_dtype`).
-    In float32/float64 the two row offsets ride in the matmuls as an extra column,
-    [q, -lse] [k, 1]^T and [dO, -delta] [v, 1]^T, which saves two passes over the block.
+
+def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
+    """Gradient contributions of one (query chunk, key chunk) block, d_value unscaled.
+
+    The exact softmax weights are p = exp(s - lse) = w * r, with w the block's own softmax
+    (TF's fused kernel, faster than exp) and r = exp(lse_block - lse) per query, kept by the
+    forward pass. With delta = rowsum(dO * O): dV = p^T dO, dS = p * (dO V^T - delta),
+    dQ = dS K, dK = dS^T Q. The row factor r is folded into dO and delta (O(c * d) work,
+    not O(c^2)). In float32/float64 `d_out` arrives as [dO, -delta] and `value` as [V, 1],
+    so that the delta offset rides in the matmul; the returned d_value then has an extra
+    last column, dropped by the caller.
     """
     dtype = query.dtype
-    fold = dtype == acc_dtype  # half precision: the offsets are applied in float32
-    if fold:
-        shifted = tf.matmul(_with_column(query, -log_sum_exp),
-                            _with_column(key, tf.ones_like(key[..., :1])), transpose_b=True)
-    else:
-        shifted = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype) - log_sum_exp
-    weights = tf.exp(shifted)
-    if keep is not None:
-        weights = tf.where(keep, weights, tf.zeros([], acc_dtype))
+    weights = _block_weights(query, key, keep, acc_dtype)
+    d_out = d_out * tf.cast(ratio, dtype)
     d_value = tf.cast(tf.matmul(tf.cast(weights, dtype), d_out, transpose_a=True), acc_dtype)
-    if fold:
-        d_shifted = tf.matmul(_with_column(d_out, -delta),
-                              _with_column(value, tf.ones_like(value[..., :1])),
-                              transpose_b=True)
-    else:
-        d_shifted = tf.cast(tf.matmul(d_out, value, transpose_b=True), acc_dtype) - delta
+    d_shifted = tf.cast(tf.matmul(d_out, value, transpose_b=True), acc_dtype)
+    if delta is not None:
+        # Half precision: the offset is applied in float32, not carried in a half matmul.
+        d_shifted = d_shifted - delta * ratio
     d_scores = tf.cast(weights * d_shifted, dtype)
     d_query = tf.cast(tf.matmul(d_scores, key), acc_dtype)
     d_key = tf.cast(tf.matmul(d_scores, query, transpose_a=True), acc_dtype)
@@ -288,102 +289,123 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         return q_i if chunk_scale is None else q_i * tf.cast(chunk_scale, dtype)
 
     def forward(q, k, v):
-        """Output (..., T, dv) and the padded per-query log-sum-exp (..., num_q * c, 1)."""
+        """Output (..., T, dv) and each block's weight ratio (num_q, num_k, ..., c, 1).
+
+        The ratio r = exp(lse_block - lse) of a query's softmax mass inside one key chunk
+        lets the backward pass rebuild exact weights from the block's own softmax; blocks
+        the forward pass skips (causal) keep r = 0.
+        """
         q = _pad_length(q, pad_t, rank)
         k = _pad_length(k, pad_s, rank)
         v = _pad_length(v, pad_s, rank)
-        lead = _lead_indices(q)
-        # Written in place one query chunk at a time: no list of chunks to stack afterwards.
-        outputs = _chunk_buffer(q, num_q, q_chunk, tf.shape(v)[-1], dtype)
-        log_sum_exps = _chunk_buffer(q, num_q, q_chunk, 1, acc_dtype)
+        outputs = _chunk_array(num_q, dtype)
+        ratios = _chunk_array(num_q, acc_dtype)
+        no_mass = tf.fill(tf.concat([tf.shape(q)[:-2], [q_chunk, 1]], 0), mask_value(acc_dtype))
 
-        def query_step(q_index, outputs, log_sum_exps):
+        def query_step(q_index, outputs, ratios):
             q_i = query_chunk(q, q_index)
 
-            def key_step(k_index, acc, row_max, row_sum):
+            def key_step(k_index, acc, row_max, row_sum, block_lses):
                 weighted, chunk_sum, chunk_max = _chunk_summary(
                     q_i, _chunk(k, k_index, k_chunk), _chunk(v, k_index, k_chunk),
                     chunk_keep(q_index, k_index), acc_dtype)
                 new_max = tf.maximum(row_max, chunk_max)
                 old_factor = tf.exp(row_max - new_max)
                 new_factor = tf.exp(chunk_max - new_max)
+                seen = chunk_sum > 0
+                block_lse = tf.where(
+                    seen, chunk_max + tf.math.log(tf.where(seen, chunk_sum, 1)), no_mass)
                 return (k_index + 1, acc * old_factor + weighted * new_factor, new_max,
-                        row_sum * old_factor + chunk_sum * new_factor)
+                        row_sum * old_factor + chunk_sum * new_factor,
+                        block_lses.write(k_index, block_lse))
 
             rows = tf.shape(q_i)[:-1]
             init = (tf.constant(0),
                     tf.zeros(tf.concat([rows, tf.shape(v)[-1:]], 0), acc_dtype),
                     tf.fill(tf.concat([rows, [1]], 0), mask_value(acc_dtype)),
-                    tf.zeros(tf.concat([rows, [1]], 0), acc_dtype))
+                    tf.zeros(tf.concat([rows, [1]], 0), acc_dtype),
+                    _chunk_array(num_k, acc_dtype, fill=no_mass))
             needed = key_chunks_needed(q_index)
             # One iteration at a time: with the default 10 the executor starts the score
             # matmuls of later chunks early and holds up to 10 (chunk x chunk) blocks.
-            _, acc, row_max, row_sum = tf.while_loop(
+            _, acc, row_max, row_sum, block_lses = tf.while_loop(
                 lambda k_index, *_: k_index < needed, key_step, init, parallel_iterations=1)
             # Rows that saw no key have row_sum == 0: zero output instead of 0 / 0, and a
-            # log-sum-exp of 0 (the backward pass masks all of their weights anyway).
+            # log-sum-exp of 0, which makes all of their ratios exp(mask value) = 0.
             seen = row_sum > 0
             out = tf.math.divide_no_nan(acc, row_sum)
             lse = tf.where(seen, row_max + tf.math.log(tf.where(seen, row_sum, 1)), 0)
-            return (q_index + 1,
-                    _write_chunk(outputs, lead, q_index, tf.cast(out, dtype)),
-                    _write_chunk(log_sum_exps, lead, q_index, lse))
+            return (q_index + 1, outputs.write(q_index, tf.cast(out, dtype)),
+                    ratios.write(q_index, tf.exp(block_lses.stack() - lse)))
 
-        _, outputs, log_sum_exps = tf.while_loop(
-            lambda q_index, *_: q_index < num_q, query_step, (0, outputs, log_sum_exps),
+        _, outputs, ratios = tf.while_loop(
+            lambda q_index, *_: q_index < num_q, query_step, (0, outputs, ratios),
             parallel_iterations=1)
-        return _sequence(outputs, t), _sequence(log_sum_exps, num_q * q_chunk)
+        return _sequence(outputs, num_q, t), ratios.stack()
 
-    def backward(q, k, v, out, log_sum_exp, d_out):
+    def backward(q, k, v, out, ratios, d_out):
         """dQ, dK, dV: key chunks outer (dK, dV accumulate per chunk), queries inner."""
         d_out = tf.cast(d_out, dtype)
         delta = tf.reduce_sum(tf.cast(d_out, acc_dtype) * tf.cast(out, acc_dtype), axis=-1,
                               keepdims=True)
+        fold = dtype == acc_dtype  # half precision: delta is applied in float32
+        if fold:
+            # [dO, -delta] once for the whole sequence (it replaces dO: no memory added).
+            d_out, delta = _with_column(d_out, -delta), None
         # Padded queries get zero upstream gradient: they contribute nothing.
-        q, d_out, delta = (_pad_length(x, pad_t, rank) for x in (q, d_out, delta))
+        q, d_out = (_pad_length(x, pad_t, rank) for x in (q, d_out))
+        if delta is not None:
+            delta = _pad_length(delta, pad_t, rank)
         k = _pad_length(k, pad_s, rank)
         v = _pad_length(v, pad_s, rank)
-        lead = _lead_indices(q)
-        d_query = _chunk_buffer(q, num_q, q_chunk, tf.shape(q)[-1], acc_dtype)
-        d_keys = _chunk_buffer(k, num_k, k_chunk, tf.shape(k)[-1], dtype)
-        d_values = _chunk_buffer(v, num_k, k_chunk, tf.shape(v)[-1], dtype)
+        # Query chunks that no key chunk reaches (causal) keep a zero gradient.
+        d_query = _chunk_array(num_q, acc_dtype,
+                               fill=tf.zeros_like(_chunk(q, 0, q_chunk), acc_dtype))
+        d_keys = _chunk_array(num_k, dtype)
+        d_values = _chunk_array(num_k, dtype)
 
         def key_step(k_index, d_query, d_keys, d_values):
+            # The scale rides on the key chunk: s = q (c k)^T, dQ = dS (c k), dK = c dS^T q.
             k_j = _chunk(k, k_index, k_chunk)
+            if chunk_scale is not None:
+                k_j = k_j * tf.cast(chunk_scale, dtype)
             v_j = _chunk(v, k_index, k_chunk)
+            if fold:
+                v_j = _with_column(v_j, tf.ones_like(v_j[..., :1]))
 
             def query_step(q_index, d_query, d_key, d_value):
                 dq, dk, dv = _chunk_gradients(
-                    query_chunk(q, q_index), k_j, v_j, _chunk(d_out, q_index, q_chunk),
-                    _chunk(log_sum_exp, q_index, q_chunk), _chunk(delta, q_index, q_chunk),
-                    chunk_keep(q_index, k_index), acc_dtype)
-                if chunk_scale is not None:
-                    dq = dq * chunk_scale
-                d_query = _write_chunk(d_query, lead, q_index, dq, add=True)
+                    _chunk(q, q_index, q_chunk), k_j, v_j, _chunk(d_out, q_index, q_chunk),
+                    None if delta is None else _chunk(delta, q_index, q_chunk),
+                    ratios[q_index, k_index], chunk_keep(q_index, k_index), acc_dtype)
+                d_query = d_query.write(q_index, d_query.read(q_index) + dq)
                 return q_index + 1, d_query, d_key + dk, d_value + dv
 
             init = (first_query_chunk(k_index), d_query,
                     tf.zeros_like(k_j, acc_dtype), tf.zeros_like(v_j, acc_dtype))
             _, d_query, d_key, d_value = tf.while_loop(
                 lambda q_index, *_: q_index < num_q, query_step, init, parallel_iterations=1)
-            return (k_index + 1, d_query,
-                    _write_chunk(d_keys, lead, k_index, tf.cast(d_key, dtype)),
-                    _write_chunk(d_values, lead, k_index, tf.cast(d_value, dtype)))
+            if chunk_scale is not None:
+                d_key = d_key * chunk_scale
+            if fold:
+                d_value = d_value[..., :-1]
+            return (k_index + 1, d_query, d_keys.write(k_index, tf.cast(d_key, dtype)),
+                    d_values.write(k_index, tf.cast(d_value, dtype)))
 
         _, d_query, d_keys, d_values = tf.while_loop(
             lambda k_index, *_: k_index < num_k, key_step, (0, d_query, d_keys, d_values),
             parallel_iterations=1)
-        return (tf.cast(_sequence(d_query, t), dtype), _sequence(d_keys, s),
-                _sequence(d_values, s))
+        return (tf.cast(_sequence(d_query, num_q, t), dtype), _sequence(d_keys, num_k, s),
+                _sequence(d_values, num_k, s))
 
     @tf.custom_gradient
     def attend(q, k, v):
         # The tape must not record the forward loops (eagerly, it would keep every block).
         q, k, v = (tf.stop_gradient(x) for x in (q, k, v))
-        out, log_sum_exp = forward(q, k, v)
+        out, ratios = forward(q, k, v)
 
         def grad(d_out):
-            d_q, d_k, d_v = backward(q, k, v, out, log_sum_exp, d_out)
+            d_q, d_k, d_v = backward(q, k, v, out, ratios, d_out)
             d_q.set_shape(q.shape)
             d_k.set_shape(k.shape)
             d_v.set_shape(v.shape)
