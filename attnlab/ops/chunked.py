@@ -63,6 +63,26 @@ def _chunk_array(num_chunks, dtype, fill=None):
                          (0, chunks))[1]
 
 
+def _split(x, num_chunks, chunk_size, make_chunk=None, depth=None):
+    """TensorArray of the `num_chunks` chunks of `x` along axis -2, each sliced once.
+
+    A loop reading the same chunk many times reads it from here without a copy, where a
+    slice of `x` copies it every time. `make_chunk(chunk, index)` may transform each one
+    into a chunk of last dimension `depth` (default: that of `x`).
+    """
+    def write(index, chunks):
+        chunk = _chunk(x, index, chunk_size)
+        if make_chunk is not None:
+            chunk = make_chunk(chunk, index)
+        return index + 1, chunks.write(index, chunk)
+
+    shape = x.shape[:-2].concatenate([chunk_size if isinstance(chunk_size, int) else None,
+                                      x.shape[-1] if depth is None else depth])
+    chunks = tf.TensorArray(x.dtype, size=num_chunks, clear_after_read=False,
+                            element_shape=shape)
+    return tf.while_loop(lambda index, _: index < num_chunks, write, (0, chunks))[1]
+
+
 def _sequence(chunks, num_chunks, length):
     """The array's (..., c, d) chunks joined along axis -2 into (..., length, d).
 
@@ -117,6 +137,11 @@ def _chunk_summary(query, key, value, keep, acc_dtype):
         row_sum = tf.where(visible, row_sum, tf.zeros([], acc_dtype))
         weighted = tf.where(visible, weighted, tf.zeros([], acc_dtype))
     return weighted, row_sum, row_max
+
+
+def _plus_one(depth):
+    """A static depth plus one (None stays None)."""
+    return None if depth is None else depth + 1
 
 
 def _with_column(x, column):
@@ -298,6 +323,9 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         q = _pad_length(q, pad_t, rank)
         k = _pad_length(k, pad_s, rank)
         v = _pad_length(v, pad_s, rank)
+        value_depth = tf.shape(v)[-1:]
+        # Every query chunk reads every key chunk: slice them once.
+        k, v = _split(k, num_k, k_chunk), _split(v, num_k, k_chunk)
         outputs = _chunk_array(num_q, dtype)
         ratios = _chunk_array(num_q, acc_dtype)
         no_mass = tf.fill(tf.concat([tf.shape(q)[:-2], [q_chunk, 1]], 0), mask_value(acc_dtype))
@@ -307,8 +335,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
 
             def key_step(k_index, acc, row_max, row_sum, block_lses):
                 weighted, chunk_sum, chunk_max = _chunk_summary(
-                    q_i, _chunk(k, k_index, k_chunk), _chunk(v, k_index, k_chunk),
-                    chunk_keep(q_index, k_index), acc_dtype)
+                    q_i, k.read(k_index), v.read(k_index), chunk_keep(q_index, k_index),
+                    acc_dtype)
                 new_max = tf.maximum(row_max, chunk_max)
                 old_factor = tf.exp(row_max - new_max)
                 new_factor = tf.exp(chunk_max - new_max)
@@ -321,7 +349,7 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
 
             rows = tf.shape(q_i)[:-1]
             init = (tf.constant(0),
-                    tf.zeros(tf.concat([rows, tf.shape(v)[-1:]], 0), acc_dtype),
+                    tf.zeros(tf.concat([rows, value_depth], 0), acc_dtype),
                     tf.fill(tf.concat([rows, [1]], 0), mask_value(acc_dtype)),
                     tf.zeros(tf.concat([rows, [1]], 0), acc_dtype),
                     _chunk_array(num_k, acc_dtype, fill=no_mass))
@@ -348,14 +376,16 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         d_out = tf.cast(d_out, dtype)
         delta = tf.reduce_sum(tf.cast(d_out, acc_dtype) * tf.cast(out, acc_dtype), axis=-1,
                               keepdims=True)
-        fold = dtype == acc_dtype  # half precision: delta is applied in float32
-        if fold:
-            # [dO, -delta] once for the whole sequence (it replaces dO: no memory added).
-            d_out, delta = _with_column(d_out, -delta), None
         # Padded queries get zero upstream gradient: they contribute nothing.
-        q, d_out = (_pad_length(x, pad_t, rank) for x in (q, d_out))
-        if delta is not None:
-            delta = _pad_length(delta, pad_t, rank)
+        q, d_out, delta = (_pad_length(x, pad_t, rank) for x in (q, d_out, delta))
+        fold = dtype == acc_dtype  # half precision: delta is applied in float32
+        # Every key chunk reads every query chunk's dO: slice it once, as [dO, -delta]
+        # where delta rides in the matmul (the chunks replace dO: no memory added).
+        d_out = _split(d_out, num_q, q_chunk, make_chunk=(
+            lambda chunk, index: _with_column(chunk, -_chunk(delta, index, q_chunk)))
+            if fold else None, depth=_plus_one(d_out.shape[-1]) if fold else None)
+        if fold:
+            delta = None
         k = _pad_length(k, pad_s, rank)
         v = _pad_length(v, pad_s, rank)
         # Query chunks that no key chunk reaches (causal) keep a zero gradient.
@@ -375,7 +405,7 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
 
             def query_step(q_index, d_query, d_key, d_value):
                 dq, dk, dv = _chunk_gradients(
-                    _chunk(q, q_index, q_chunk), k_j, v_j, _chunk(d_out, q_index, q_chunk),
+                    _chunk(q, q_index, q_chunk), k_j, v_j, d_out.read(q_index),
                     None if delta is None else _chunk(delta, q_index, q_chunk),
                     ratios[q_index, k_index], chunk_keep(q_index, k_index), acc_dtype)
                 d_query = d_query.write(q_index, d_query.read(q_index) + dq)
