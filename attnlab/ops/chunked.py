@@ -63,24 +63,20 @@ def _chunk_array(num_chunks, dtype, fill=None):
                          (0, chunks))[1]
 
 
-def _split(x, num_chunks, chunk_size, make_chunk=None, depth=None):
+def _split(x, num_chunks, chunk_size):
     """TensorArray of the `num_chunks` chunks of `x` along axis -2, each sliced once.
 
     A loop reading the same chunk many times reads it from here without a copy, where a
-    slice of `x` copies it every time. `make_chunk(chunk, index)` may transform each one
-    into a chunk of last dimension `depth` (default: that of `x`).
+    slice of `x` copies it every time (the chunks are one copy of `x` in all).
     """
-    def write(index, chunks):
-        chunk = _chunk(x, index, chunk_size)
-        if make_chunk is not None:
-            chunk = make_chunk(chunk, index)
-        return index + 1, chunks.write(index, chunk)
-
     shape = x.shape[:-2].concatenate([chunk_size if isinstance(chunk_size, int) else None,
-                                      x.shape[-1] if depth is None else depth])
+                                      x.shape[-1]])
     chunks = tf.TensorArray(x.dtype, size=num_chunks, clear_after_read=False,
                             element_shape=shape)
-    return tf.while_loop(lambda index, _: index < num_chunks, write, (0, chunks))[1]
+    return tf.while_loop(
+        lambda index, _: index < num_chunks,
+        lambda index, chunks: (index + 1, chunks.write(index, _chunk(x, index, chunk_size))),
+        (0, chunks))[1]
 
 
 def _sequence(chunks, num_chunks, length):
@@ -139,11 +135,6 @@ def _chunk_summary(query, key, value, keep, acc_dtype):
     return weighted, row_sum, row_max
 
 
-def _plus_one(depth):
-    """A static depth plus one (None stays None)."""
-    return None if depth is None else depth + 1
-
-
 def _with_column(x, column):
     """(..., n, d) -> (..., n, d + 1): `x` with `column` (..., n, 1) appended."""
     return tf.concat([x, tf.cast(column, x.dtype)], axis=-1)
@@ -164,17 +155,20 @@ def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
     (TF's fused kernel, faster than exp) and r = exp(lse_block - lse) per query, kept by the
     forward pass. With delta = rowsum(dO * O): dV = p^T dO, dS = p * (dO V^T - delta),
     dQ = dS K, dK = dS^T Q. The row factor r is folded into dO and delta (O(c * d) work,
-    not O(c^2)). In float32/float64 `d_out` arrives as [dO, -delta] and `value` as [V, 1],
-    so that the delta offset rides in the matmul; the returned d_value then has an extra
-    last column, dropped by the caller.
+    not O(c^2)). In float32/float64 `value` arrives as [V, 1] and dO is extended to
+    [dO, -delta], so that the delta offset rides in the matmul; the returned d_value then
+    has an extra last column, dropped by the caller. (dO is not extended once for the whole
+    sequence: that copy would add O(L * d) memory whenever the caller keeps dO.)
     """
     dtype = query.dtype
+    fold = dtype == acc_dtype  # half precision: the offset is applied in float32
     weights = _block_weights(query, key, keep, acc_dtype)
+    if fold:
+        d_out = _with_column(d_out, -delta)
     d_out = d_out * tf.cast(ratio, dtype)
     d_value = tf.cast(tf.matmul(tf.cast(weights, dtype), d_out, transpose_a=True), acc_dtype)
     d_shifted = tf.cast(tf.matmul(d_out, value, transpose_b=True), acc_dtype)
-    if delta is not None:
-        # Half precision: the offset is applied in float32, not carried in a half matmul.
+    if not fold:
         d_shifted = d_shifted - delta * ratio
     d_scores = tf.cast(weights * d_shifted, dtype)
     d_query = tf.cast(tf.matmul(d_scores, key), acc_dtype)
@@ -378,14 +372,7 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                               keepdims=True)
         # Padded queries get zero upstream gradient: they contribute nothing.
         q, d_out, delta = (_pad_length(x, pad_t, rank) for x in (q, d_out, delta))
-        fold = dtype == acc_dtype  # half precision: delta is applied in float32
-        # Every key chunk reads every query chunk's dO: slice it once, as [dO, -delta]
-        # where delta rides in the matmul (the chunks replace dO: no memory added).
-        d_out = _split(d_out, num_q, q_chunk, make_chunk=(
-            lambda chunk, index: _with_column(chunk, -_chunk(delta, index, q_chunk)))
-            if fold else None, depth=_plus_one(d_out.shape[-1]) if fold else None)
-        if fold:
-            delta = None
+        fold = dtype == acc_dtype  # the delta offset rides in the matmuls (see above)
         k = _pad_length(k, pad_s, rank)
         v = _pad_length(v, pad_s, rank)
         # Query chunks that no key chunk reaches (causal) keep a zero gradient.
@@ -405,8 +392,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
 
             def query_step(q_index, d_query, d_key, d_value):
                 dq, dk, dv = _chunk_gradients(
-                    _chunk(q, q_index, q_chunk), k_j, v_j, d_out.read(q_index),
-                    None if delta is None else _chunk(delta, q_index, q_chunk),
+                    _chunk(q, q_index, q_chunk), k_j, v_j, _chunk(d_out, q_index, q_chunk),
+                    _chunk(delta, q_index, q_chunk),
                     ratios[q_index, k_index], chunk_keep(q_index, k_index), acc_dtype)
                 d_query = d_query.write(q_index, d_query.read(q_index) + dq)
                 return q_index + 1, d_query, d_key + dk, d_value + dv
