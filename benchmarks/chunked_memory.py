@@ -8,7 +8,11 @@ then the baseline RSS is taken (and the peak RSS reset to it); the case's peak R
 attention at L=32768 would need more than 24 GiB and is not run: its memory is computed
 from the per-score-element factor measured on full attention at the largest length run.
 Time at L=2048 is measured in one further process, full and chunked interleaved (and, for
-reference, full attention through TensorFlow's generic softmax gradient).
+reference, full attention through TensorFlow's generic softmax gradient); the target is
+judged on that figure. It is then measured with each implementation alone in its own
+process, processes alternating: interleaved, every chunked step runs right after a full
+step has allocated and freed its (B, H, L, L) tensors, which is not how either runs in a
+model, and which costs the chunked step more.
 
 Usage:
     python benchmarks/chunked_memory.py            # the issue's cases (several minutes)
@@ -27,8 +31,11 @@ MEMORY_GOAL, TIME_GOAL, BIG_GOAL_MIB = 32.0, 1.3, 2048.0
 
 
 def _add_arguments(parser):
-    parser.add_argument("--case", help="internal: run one case (IMPL:LENGTH or time:LENGTH) "
-                                       "in this process")
+    parser.add_argument("--case", help="internal: run one case (IMPL:LENGTH, time:LENGTH or "
+                                       "time:LENGTH:IMPL) in this process")
+    parser.add_argument("--alone-runs", type=int, default=3,
+                        help="fresh processes per implementation for the time measured "
+                             "alone (the median over processes is reported)")
     parser.add_argument("--memory-runs", type=int, default=3,
                         help="fresh processes per memory case; the median peak is reported "
                              "(the peak depends on the executor's op order, which varies)")
@@ -100,11 +107,11 @@ def run_memory_case(args, impl, length):
                                       peak_reset=reset)), flush=True)
 
 
-def run_time_case(args, length):
-    """In this process: full and chunked forward + backward timed, interleaved."""
+def run_time_case(args, length, impls=("full", "chunked", "autodiff")):
+    """In this process: forward + backward of each of `impls` timed, interleaved."""
     tf = _harness.configure_threads(args.threads)
     inputs = _inputs(tf, length)
-    steps = {impl: _step(tf, impl, args.chunk) for impl in ("full", "chunked", "autodiff")}
+    steps = {impl: _step(tf, impl, args.chunk) for impl in impls}
     times = {impl: [] for impl in steps}
     for step in steps.values():
         _harness.time_ms(lambda step=step: step(*inputs), args.warmup, 0)
@@ -132,9 +139,9 @@ def main(argv=None):
     if args.chunk is None:
         args.chunk = sizes["chunk"]
     if args.case:
-        kind, length = args.case.split(":")
+        kind, length, *impl = args.case.split(":")
         if kind == "time":
-            return run_time_case(args, int(length))
+            return run_time_case(args, int(length), *([impl] if impl else []))
         return run_memory_case(args, kind, int(length))
 
     tf = _harness.configure_threads(args.threads)
@@ -200,6 +207,22 @@ def main(argv=None):
     print("\n`full` is attnlab's scaled_dot_product_attention with its own gradient (the "
           "target's reference); `autodiff` the same op asked for its weights, which takes "
           "TensorFlow's generic softmax gradient.")
+
+    runs = 1 if args.smoke else args.alone_runs
+    alone = {"full": [], "chunked": []}
+    for _ in range(runs):  # alternate the processes, as the steps above alternate
+        for impl in alone:
+            case = "time:%d:%s" % (sizes["time_length"], impl)
+            alone[impl].append(_harness.Timing(_child(args, case)[impl]).median)
+    full_alone, chunked_alone = (sorted(alone[impl])[runs // 2] for impl in ("full", "chunked"))
+    _harness.table("Forward + backward time at L=%d, each implementation alone in its own "
+                   "process (ms, median over %d processes of each one's median of %d)"
+                   % (sizes["time_length"], runs, args.repeats),
+                   ["case", "chunked", "full", "chunked / full", "all processes (chunked; full)"],
+                   [["L=%d" % sizes["time_length"], "%.1f" % chunked_alone,
+                     "%.1f" % full_alone, "%.2fx" % (chunked_alone / full_alone),
+                     "%s; %s" % tuple(" ".join("%.1f" % t for t in alone[impl])
+                                      for impl in ("chunked", "full"))]])
 
     ratio_length = sizes["ratio_length"]
     memory_ratio = (results["full", ratio_length]["peak_above_mib"]
