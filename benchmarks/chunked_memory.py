@@ -10,9 +10,9 @@ from the per-score-element factor measured on full attention at the largest leng
 Time at L=2048 is measured in one further process, full and chunked interleaved (and, for
 reference, full attention through TensorFlow's generic softmax gradient); the target is
 judged on that figure. It is then measured with each implementation alone in its own
-process, processes alternating: interleaved, every chunked step runs right after a full
-step has allocated and freed its (B, H, L, L) tensors, which is not how either runs in a
-model, and which costs the chunked step more.
+process, processes alternating, which shows whether interleaving biases the ratio (every
+chunked step runs right after a full step has allocated and freed its (B, H, L, L)
+tensors, which is not how either runs in a model).
 
 Usage:
     python benchmarks/chunked_memory.py            # the cases (several minutes)
