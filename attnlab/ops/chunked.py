@@ -152,7 +152,7 @@ def _block_weights(query, key, keep, acc_dtype):
 
 
 def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
-    """Gradient contributions of one (query chunk, key chunk) block, d_value unscaled.
+    """Gradient contributions of one (query chunk, key chunk) block.
 
     The exact softmax weights are p = exp(s - lse) = w * r, with w the block's own softmax
     (TF's fused kernel, faster than exp) and r = exp(lse_block - lse) per query, kept by the
@@ -183,7 +183,7 @@ def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
 def _first_order_only(*grads):
     """The gradients as they are; differentiating them again raises a clear error.
 
-    The backward pass treats the saved output and log-sum-exp as constants, so autodiff of
+    The backward pass treats the saved output and weight ratios as constants, so autodiff of
     it would give a wrong second-order gradient without any warning.
     """
     def second_order(*_):
