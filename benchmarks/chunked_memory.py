@@ -107,7 +107,7 @@ def run_memory_case(args, impl, length):
                                       peak_reset=reset)), flush=True)
 
 
-def run_time_case(args, length, impls=("full", "chunked", "autodiff")):
+def run_time_case(args, length, impls):
     """In this process: forward + backward of each of `impls` timed, interleaved."""
     tf = _harness.configure_threads(args.threads)
     inputs = _inputs(tf, length)
@@ -139,9 +139,9 @@ def main(argv=None):
     if args.chunk is None:
         args.chunk = sizes["chunk"]
     if args.case:
-        kind, length, *impl = args.case.split(":")
-        if kind == "time":
-            return run_time_case(args, int(length), *([impl] if impl else []))
+        kind, length, *impls = args.case.split(":")
+        if kind == "time":  # time:LENGTH times all three, time:LENGTH:IMPL one alone
+            return run_time_case(args, int(length), impls or ["full", "chunked", "autodiff"])
         return run_memory_case(args, kind, int(length))
 
     tf = _harness.configure_threads(args.threads)
