@@ -23,7 +23,8 @@ EXPECTED = {
         [["case", "chunked", "full", "full / chunked", "one (B,H,L,L) fp32 tensor",
           "first step s (chunked / full)"],
          ["case", "chunked", "full", "chunked / full", "full, autodiff softmax",
-          "chunked / autodiff full"]],
+          "chunked / autodiff full"],
+         ["case", "chunked", "full", "chunked / full", "all processes (chunked; full)"]],
         ["L=256", "L=512", "L=128"],
         ["2 chunked memory L=256", "2 chunked memory L=512", "2 chunked time L=128"]),
     "local_scaling.py": (
