@@ -1,16 +1,18 @@
 """Memory-efficient exact attention over query and key chunks, forward and backward.
 
 "Self-attention does not need O(n^2) memory" (Rabe & Staats 2021): the keys are visited
-chunk by chunk while a running maximum and running sums (a streaming log-sum-exp) keep the
-softmax exact. The gradient is written by hand, as in FlashAttention (Dao et al. 2022):
-the forward pass keeps only the output and, for each query and key chunk, the share of
-the query's softmax mass in that chunk (T * S / chunk scalars); the backward pass
-recomputes every (query chunk, key chunk) score block exactly once, takes its weights from
-the block's own softmax times that share, and accumulates dQ, dK and dV. Neither pass
-ever holds a (T, S) score matrix, and no block is computed more than twice in all
-(autodiff with recomputation would compute each one three times). Chunks live in
-TensorArrays, so that writing or re-reading one costs O(chunk), not O(sequence).
+chunk by chunk, and each block's own softmax average of the values is merged into a running
+one by softmax mass (the log-sum-exp of the block's scores), which keeps the softmax exact.
+The gradient is written by hand, as in FlashAttention (Dao et al. 2022): the forward pass
+keeps only the output and, for each query and key chunk, the share of the query's softmax
+mass in that chunk (T * S / chunk scalars); the backward pass recomputes every (query
+chunk, key chunk) score block exactly once, takes its weights from the block's own softmax
+times that share, and accumulates dQ, dK and dV. Neither pass ever holds a (T, S) score
+matrix, and no block is computed more than twice in all (autodiff with recomputation would
+compute each one three times). Chunks live in TensorArrays, so that writing or re-reading
+one costs O(chunk), not O(sequence).
 """
+import numpy as np
 import tensorflow as tf
 
 from attnlab.ops.masked_softmax import mask_value, softmax_dtype
@@ -114,28 +116,49 @@ def _slice_axis(mask, positions, axis):
     return tf.gather(mask, tf.minimum(positions, last), axis=axis)
 
 
-def _chunk_summary(query, key, value, keep, acc_dtype):
-    """Unnormalized attention of one query chunk over one key chunk.
+def _block_lse(scores, weights):
+    """log sum_j exp(s_ij) per row of a block, given its softmax weights w = softmax(s).
 
-    Returns (sum_j e_ij v_j, sum_j e_ij, m_i) with e_ij = exp(s_ij - m_i), m_i the chunk's
-    row maximum of the visible scores; rows with nothing visible give zeros and a finite m.
+    Any one column gives it: w_i0 = exp(s_i0 - lse_i), so lse_i = s_i0 - log(w_i0), two
+    (c, 1) slices instead of two passes over the (c, c) block for its row maxima. When
+    some w_i0 is below the dtype's epsilon (key 0 masked or far below the row's best),
+    its logarithm would lose precision or be -inf: the block then takes the maxima,
+    lse = max_j s_ij - log(max_j w_ij), since the largest weight is exp(max - lse).
+    """
+    first_score, first_weight = scores[..., :1], weights[..., :1]
+    epsilon = np.finfo(weights.dtype.as_numpy_dtype).eps
+    precise = tf.reduce_all(first_weight >= tf.constant(epsilon, weights.dtype))
+    lse = tf.cond(
+        precise,
+        lambda: first_score - tf.math.log(first_weight),
+        lambda: (tf.reduce_max(scores, axis=-1, keepdims=True)
+                 - tf.math.log(tf.reduce_max(weights, axis=-1, keepdims=True))))
+    # (..., c, 1) even where c is unknown (a slice [:1] of an unknown axis could be empty).
+    lse.set_shape(scores.shape[:-1].concatenate([1]))
+    return lse
+
+
+def _block_attention(query, key, value, keep, acc_dtype):
+    """Attention of one query chunk over one key chunk alone: (softmax(s) v, lse(s)).
+
+    The output is normalized within the block; lse, the log-sum-exp of each row's
+    visible scores, weighs it against the other blocks. Rows with nothing visible give a
+    zero output and an lse of the mask value (no mass).
     """
     scores = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype)
     if keep is not None:
         # Replacing (not offsetting) masked scores keeps exp() finite.
         scores = tf.where(keep, scores, mask_value(acc_dtype))
-    row_max = tf.reduce_max(scores, axis=-1, keepdims=True)
-    # TF's fused softmax kernel is faster than exp(scores - max) and a sum as separate ops;
-    # the sum comes back as 1 / max_j p_ij (the maximum's weight is exp(0) / sum).
+    # TF's fused softmax kernel is faster than exp(scores - max) and a sum as separate ops.
     weights = tf.nn.softmax(scores)
-    row_sum = tf.math.reciprocal(tf.reduce_max(weights, axis=-1, keepdims=True))
-    weighted = tf.cast(tf.matmul(tf.cast(weights, value.dtype), value), acc_dtype) * row_sum
+    output = tf.cast(tf.matmul(tf.cast(weights, value.dtype), value), acc_dtype)
+    lse = _block_lse(scores, weights)
     if keep is not None:
-        # A chunk row with nothing visible has max == mask value and uniform weights.
+        # A row with nothing visible has uniform weights over masked keys: no mass.
         visible = tf.reduce_any(keep, axis=-1, keepdims=True)
-        row_sum = tf.where(visible, row_sum, tf.zeros([], acc_dtype))
-        weighted = tf.where(visible, weighted, tf.zeros([], acc_dtype))
-    return weighted, row_sum, row_max
+        lse = tf.where(visible, lse, mask_value(acc_dtype))
+        output = tf.where(visible, output, tf.zeros([], acc_dtype))
+    return output, lse
 
 
 def _with_column(x, column):
@@ -144,7 +167,7 @@ def _with_column(x, column):
 
 
 def _block_weights(query, key, keep, acc_dtype):
-    """softmax(q k^T) over this block's keys alone, masked as in `_chunk_summary`."""
+    """softmax(q k^T) over this block's keys alone, masked as in `_block_attention`."""
     scores = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype)
     if keep is not None:
         scores = tf.where(keep, scores, mask_value(acc_dtype))
@@ -203,8 +226,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
     B=1, H=8, L=8192 with chunks of 512.)
 
     Queries are processed `query_chunk_size` at a time; for each query chunk the keys are
-    visited `key_chunk_size` at a time with a running max and running sums; with `causal`,
-    key chunks entirely after the query chunk are skipped, in both passes. The gradient
+    visited `key_chunk_size` at a time, the blocks merged by their softmax mass; with
+    `causal`, key chunks entirely after the query chunk are skipped, in both passes. The gradient
     recomputes each score block once (see the module docstring); it is first-order only:
     differentiating it again raises NotImplementedError. Lengths may be unknown (None)
     in a tf.function: T and S are padded up to multiples of the chunk sizes internally.
@@ -333,36 +356,32 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         def query_step(q_index, outputs, ratios):
             q_i = query_chunk(q, q_index)
 
-            def key_step(k_index, acc, row_max, row_sum, block_lses):
-                weighted, chunk_sum, chunk_max = _chunk_summary(
+            def key_step(k_index, out, lse, block_lses):
+                block_out, block_lse = _block_attention(
                     q_i, k.read(k_index), v.read(k_index), chunk_keep(q_index, k_index),
                     acc_dtype)
-                new_max = tf.maximum(row_max, chunk_max)
-                old_factor = tf.exp(row_max - new_max)
-                new_factor = tf.exp(chunk_max - new_max)
-                seen = chunk_sum > 0
-                block_lse = tf.where(
-                    seen, chunk_max + tf.math.log(tf.where(seen, chunk_sum, 1)), no_mass)
-                return (k_index + 1, acc * old_factor + weighted * new_factor, new_max,
-                        row_sum * old_factor + chunk_sum * new_factor,
+                # Two averages merged by their masses exp(lse), taken relative to the larger.
+                top = tf.maximum(lse, block_lse)
+                mass, block_mass = tf.exp(lse - top), tf.exp(block_lse - top)
+                total = mass + block_mass
+                out = out * (mass / total) + block_out * (block_mass / total)
+                return (k_index + 1, out, top + tf.math.log(total),
                         block_lses.write(k_index, block_lse))
 
             rows = tf.shape(q_i)[:-1]
             init = (tf.constant(0),
                     tf.zeros(tf.concat([rows, value_depth], 0), acc_dtype),
-                    tf.fill(tf.concat([rows, [1]], 0), mask_value(acc_dtype)),
-                    tf.zeros(tf.concat([rows, [1]], 0), acc_dtype),
+                    no_mass,
                     _chunk_array(num_k, acc_dtype, fill=no_mass))
             needed = key_chunks_needed(q_index)
             # One iteration at a time: with the default 10 the executor starts the score
             # matmuls of later chunks early and holds up to 10 (chunk x chunk) blocks.
-            _, acc, row_max, row_sum, block_lses = tf.while_loop(
+            _, out, lse, block_lses = tf.while_loop(
                 lambda k_index, *_: k_index < needed, key_step, init, parallel_iterations=1)
-            # Rows that saw no key have row_sum == 0: zero output instead of 0 / 0, and a
-            # log-sum-exp of 0, which makes all of their ratios exp(mask value) = 0.
-            seen = row_sum > 0
-            out = tf.math.divide_no_nan(acc, row_sum)
-            lse = tf.where(seen, row_max + tf.math.log(tf.where(seen, row_sum, 1)), 0)
+            # Rows that saw no key kept the mask value as lse (adding log 2 to it rounds
+            # away) and a zero output; an lse of 0 makes all of their ratios exp(mask
+            # value) = 0.
+            lse = tf.where(lse > 0.5 * mask_value(acc_dtype), lse, 0)
             return (q_index + 1, outputs.write(q_index, tf.cast(out, dtype)),
                     ratios.write(q_index, tf.exp(block_lses.stack() - lse)))
 

@@ -81,13 +81,13 @@ def test_causal_skips_key_chunks_after_the_query_chunk(monkeypatch):
     import attnlab.ops.chunked as chunked_module
 
     visited = []
-    summary = chunked_module._chunk_summary
+    block_attention = chunked_module._block_attention
 
-    def counting_summary(query, key, value, keep, acc_dtype):
+    def counting_block_attention(query, key, value, keep, acc_dtype):
         visited.append(1)
-        return summary(query, key, value, keep, acc_dtype)
+        return block_attention(query, key, value, keep, acc_dtype)
 
-    monkeypatch.setattr(chunked_module, "_chunk_summary", counting_summary)
+    monkeypatch.setattr(chunked_module, "_block_attention", counting_block_attention)
     q, k, v = _inputs((1,), 8, 8, seed=1)
     out = chunked_attention(q, k, v, causal=True, query_chunk_size=4, key_chunk_size=2)
     # Query chunk 0 (queries 0-3) needs key chunks 0-1, query chunk 1 needs all 4.
@@ -151,6 +151,51 @@ def test_gradients_match_float64_reference(t, s, query_chunk, key_chunk, causal,
                       [q, k, v], upstream)
     for name, got, want in zip("qkv", chunked, full):
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-10, err_msg=name)
+
+
+def _logsumexp(scores):
+    scores = np.asarray(scores, np.float64)
+    top = scores.max(axis=-1, keepdims=True)
+    return top + np.log(np.exp(scores - top).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+@pytest.mark.parametrize("first_key_offset", [0.0, -200.0, -2000.0])
+def test_block_log_sum_exp_from_one_column_or_from_the_maxima(dtype, first_key_offset):
+    from attnlab.ops.chunked import _block_lse
+
+    scores = np.random.default_rng(5).normal(scale=3.0, size=(2, 3, 6, 7))
+    # Rows 0-2 of every block get a first score far below the rest: its weight underflows
+    # (float32) or is far below epsilon (float64), so those blocks need the row maxima.
+    scores[..., :3, 0] += first_key_offset
+    scores = tf.constant(scores, dtype)
+    lse = _block_lse(scores, tf.nn.softmax(scores))
+    assert lse.shape == (2, 3, 6, 1)
+    tolerance = 1e-5 if dtype == tf.float32 else 1e-12
+    np.testing.assert_allclose(lse.numpy(), _logsumexp(scores.numpy()), rtol=tolerance)
+
+
+def test_first_key_far_below_the_rest_of_its_chunk():
+    # Every key chunk's first key scores about 120 below the others for every query: its
+    # float32 weight exp(-120) underflows to 0, so the log-sum-exp of every block comes from
+    # the row maxima. Output and gradients must not notice.
+    rng = np.random.default_rng(11)
+    q = rng.normal(size=(1, 2, 8, 4)) + np.array([3.0, 0, 0, 0])
+    k = rng.normal(size=(1, 2, 9, 4))
+    k[..., ::3, :] = np.array([-80.0, 0, 0, 0])
+    v = rng.normal(size=(1, 2, 9, 3))
+    q, k, v = (tf.constant(x, tf.float32) for x in (q, k, v))
+    upstream = tf.constant(rng.normal(size=(1, 2, 8, 3)), tf.float32)
+    out = chunked_attention(q, k, v, query_chunk_size=4, key_chunk_size=3)
+    expected, _ = reference.attention(q, k, v)
+    np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
+    chunked = _gradients(lambda: chunked_attention(q, k, v, query_chunk_size=4,
+                                                   key_chunk_size=3), [q, k, v], upstream)
+    q64, k64, v64 = (tf.cast(x, tf.float64) for x in (q, k, v))
+    full = _gradients(lambda: scaled_dot_product_attention(q64, k64, v64), [q64, k64, v64],
+                      upstream)
+    for name, got, want in zip("qkv", chunked, full):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, err_msg=name)
 
 
 def test_backward_pass_also_skips_key_chunks_after_the_query_chunk(monkeypatch):
