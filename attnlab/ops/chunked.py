@@ -203,9 +203,9 @@ def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
     has an extra row, dropped by the caller. (dO is not extended once for the whole
     sequence: that copy would add O(L * d) memory whenever the caller keeps dO.)
 
-    dK and dV are returned transposed, (..., d, c): oneDNN computes dO^T W about 25% faster
-    than W^T dO for a (512 x 512) block W (q^T dS about 10% faster than dS^T q), and the
-    caller transposes the sums once per key chunk.
+    dK and dV are returned transposed, (..., d, c): timed alone, oneDNN computes dO^T W about
+    25% faster than W^T dO for a (512 x 512) block W, and q^T dS about 8% faster than
+    dS^T q; the caller transposes the sums once per key chunk.
     """
     dtype = query.dtype
     fold = dtype == acc_dtype  # half precision: the offset is applied in float32
@@ -248,9 +248,9 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
 
     Queries are processed `query_chunk_size` at a time; for each query chunk the keys are
     visited `key_chunk_size` at a time, the blocks merged by their softmax mass; with
-    `causal`, key chunks entirely after the query chunk are skipped, in both passes. The gradient
-    recomputes each score block once (see the module docstring); it is first-order only:
-    differentiating it again raises NotImplementedError. Lengths may be unknown (None)
+    `causal`, key chunks entirely after the query chunk are skipped, in both passes. The
+    gradient recomputes each score block once (see the module docstring); it is first-order
+    only: differentiating it again raises NotImplementedError. Lengths may be unknown (None)
     in a tf.function: T and S are padded up to multiples of the chunk sizes internally.
 
     Args:
