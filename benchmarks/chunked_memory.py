@@ -13,6 +13,9 @@ judged on that figure. It is then measured with each implementation alone in its
 process, processes alternating, which shows whether interleaving biases the ratio (every
 chunked step runs right after a full step has allocated and freed its (B, H, L, L)
 tensors, which is not how either runs in a model).
+Peak RSS counts what the C allocator keeps, which varies by process; a last table gives the
+peak of live tensor bytes instead, as TensorFlow's own allocator counts them (one process
+per case, run with its BFC allocator for the CPU, `TF_CPU_ALLOCATOR_USE_BFC=true`).
 
 Usage:
     python benchmarks/chunked_memory.py            # the issue's cases (several minutes)
@@ -31,8 +34,8 @@ MEMORY_GOAL, TIME_GOAL, BIG_GOAL_MIB = 32.0, 1.3, 2048.0
 
 
 def _add_arguments(parser):
-    parser.add_argument("--case", help="internal: run one case (IMPL:LENGTH, time:LENGTH or "
-                                       "time:LENGTH:IMPL) in this process")
+    parser.add_argument("--case", help="internal: run one case (IMPL:LENGTH, time:LENGTH, "
+                                       "time:LENGTH:IMPL or live:LENGTH:IMPL) in this process")
     parser.add_argument("--alone-runs", type=int, default=3,
                         help="fresh processes per implementation for the time measured "
                              "alone (the median over processes is reported)")
@@ -107,6 +110,29 @@ def run_memory_case(args, impl, length):
                                       peak_reset=reset)), flush=True)
 
 
+def run_live_case(args, impl, length):
+    """In this process: peak bytes of live tensors above the inputs, by TF's allocator.
+
+    Needs TF_CPU_ALLOCATOR_USE_BFC=true in the environment; a TensorFlow that does not
+    count CPU allocations reports None.
+    """
+    tf = _harness.configure_threads(args.threads)
+    inputs = _inputs(tf, length)
+    _harness.fetch(inputs)
+    try:
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    except ValueError:  # CPU allocations not counted by this TensorFlow
+        before = None
+    if before is not None:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    _harness.fetch(_step(tf, impl, args.chunk)(*inputs))
+    live = None
+    if before is not None:
+        live = (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2.0 ** 20
+    print("RESULT " + json.dumps(dict(impl=impl, length=length, live_above_mib=live)),
+          flush=True)
+
+
 def run_time_case(args, length, impls):
     """In this process: forward + backward of each of `impls` timed, interleaved."""
     tf = _harness.configure_threads(args.threads)
@@ -121,11 +147,12 @@ def run_time_case(args, length, impls):
     print("RESULT " + json.dumps(times), flush=True)
 
 
-def _child(args, case):
+def _child(args, case, env=None):
     command = [sys.executable, os.path.abspath(__file__), "--case", case,
                "--threads", str(args.threads), "--repeats", str(args.repeats),
                "--warmup", str(args.warmup), "--chunk", str(args.chunk)]
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True,
+                          env=None if env is None else dict(os.environ, **env))
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -142,6 +169,8 @@ def main(argv=None):
         kind, length, *impls = args.case.split(":")
         if kind == "time":  # time:LENGTH times all three, time:LENGTH:IMPL one alone
             return run_time_case(args, int(length), impls or ["full", "chunked", "autodiff"])
+        if kind == "live":
+            return run_live_case(args, impls[0], int(length))
         return run_memory_case(args, kind, int(length))
 
     tf = _harness.configure_threads(args.threads)
@@ -223,6 +252,23 @@ def main(argv=None):
                      "%.1f" % full_alone, "%.2fx" % (chunked_alone / full_alone),
                      "%s; %s" % tuple(" ".join("%.1f" % t for t in alone[impl])
                                       for impl in ("chunked", "full"))]])
+
+    live = {}
+    for impl, length in sizes["memory"]:
+        if length <= sizes["ratio_length"]:
+            live[impl, length] = _child(args, "live:%d:%s" % (length, impl),
+                                        env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})
+    rows = []
+    for length in sorted(length for impl, length in live
+                         if impl == "full" and ("chunked", length) in live):
+        chunked, full = (live[impl, length]["live_above_mib"] for impl in ("chunked", "full"))
+        counted = chunked is not None and full is not None
+        rows.append(["L=%d" % length] + (
+            ["%.0f" % chunked, "%.0f" % full, "%.1fx" % (full / chunked)] if counted
+            else ["n/a", "n/a", "this TensorFlow does not count CPU allocations"]))
+    _harness.table("Peak live tensor bytes above the inputs (MiB, TensorFlow's BFC CPU "
+                   "allocator's count), one process per case",
+                   ["case", "chunked", "full", "full / chunked"], rows)
 
     ratio_length = sizes["ratio_length"]
     memory_ratio = (results["full", ratio_length]["peak_above_mib"]

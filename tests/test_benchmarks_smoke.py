@@ -24,7 +24,8 @@ EXPECTED = {
           "first step s (chunked / full)"],
          ["case", "chunked", "full", "chunked / full", "full, autodiff softmax",
           "chunked / autodiff full"],
-         ["case", "chunked", "full", "chunked / full", "all processes (chunked; full)"]],
+         ["case", "chunked", "full", "chunked / full", "all processes (chunked; full)"],
+         ["case", "chunked", "full", "full / chunked"]],
         ["L=256", "L=512", "L=128"],
         ["2 chunked memory L=256", "2 chunked memory L=512", "2 chunked time L=128"]),
     "local_scaling.py": (
