@@ -108,6 +108,44 @@ def test_nan_guard_skip_policy_skips_only_the_bad_step(tmp_path):
     assert "skipped step 3 (epoch 1, batch 3)" in (tmp_path / "run" / "train.log").read_text()
 
 
+def _root_error(y, pred):
+    # sqrt((pred - y)^2): finite everywhere, its gradient 0 * inf = NaN where pred == y.
+    return tf.reduce_mean(tf.sqrt(tf.square(pred - y)), axis=-1)
+
+
+@pytest.mark.parametrize("embedding", [False, True])
+def test_nan_guard_catches_a_nan_gradient_under_a_finite_loss(embedding):
+    # Batch 2 predicts 0 whatever the weights (input 0, no bias; or an embedding row that
+    # only batch 2 reads, zero at the start) against targets 0: the loss is 0, finite, and
+    # every gradient NaN. With an embedding the table's gradient is an IndexedSlices.
+    inputs = np.array([[1], [2], [0], [0], [3], [1]])
+    targets = np.array([[1.0], [-2.0], [0.0], [0.0], [1.0], [3.0]], np.float32)
+    if embedding:
+        inputs = inputs.astype(np.int32)
+        layers = [tf.keras.layers.Embedding(4, 2, embeddings_initializer="zeros",
+                                            input_length=1),
+                  tf.keras.layers.Flatten(), tf.keras.layers.Dense(1, use_bias=False)]
+    else:
+        inputs = inputs.astype(np.float32)
+        layers = [tf.keras.layers.Dense(1, use_bias=False, input_shape=(1,))]
+    model = tf.keras.Sequential(layers)
+    model.build((None, 1))
+    data = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(2)
+    reference = tf.keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    trainer = Trainer(model, tf.keras.optimizers.SGD(0.01), _root_error, nan_policy="skip",
+                      verbose=0)
+    trainer.fit(data, epochs=1)
+    assert int(trainer.skipped_steps.numpy()) == 1 and int(trainer.step.numpy()) == 3
+    # Reference: batches 1 and 3 only, through the same loop.
+    good = tf.data.Dataset.from_tensor_slices((inputs[[0, 1, 4, 5]], targets[[0, 1, 4, 5]]))
+    Trainer(reference, tf.keras.optimizers.SGD(0.01), _root_error, verbose=0).fit(
+        good.batch(2), epochs=1)
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_mixed_precision_uses_loss_scaling_and_float32_variables():
     tf.keras.mixed_precision.set_global_policy("mixed_float16")
     model = tf.keras.Sequential([tf.keras.layers.Dense(8, activation="relu", input_shape=(5,)),
