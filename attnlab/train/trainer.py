@@ -259,7 +259,7 @@ class Trainer:
             # A NaN or inf anywhere makes the sum of all gradient entries non-finite (so
             # does a sum beyond float32's range, from entries that large): one reduction
             # per gradient, where is_finite + reduce_all wrote and read a boolean copy of
-            # each (about 2% of a step for a small Transformer).
+            # each (a few percent of a small Transformer's step).
             finite = tf.logical_and(finite, tf.math.is_finite(tf.add_n(
                 [tf.reduce_sum(tf.cast(_dense_values(g), tf.float32))
                  for g in grads if g is not None])))
