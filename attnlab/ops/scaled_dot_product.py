@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from attnlab.ops.masked_softmax import masked_softmax, softmax_dtype
 from attnlab.ops.masks import align_mask, causal_mask, combine_masks
+from attnlab.ops.softmax_kernel import attention_normalization
 from attnlab.ops.validation import check_query_key_value, check_rate, shape_str
 
 
@@ -24,6 +25,12 @@ def resolve_mask(mask, causal, scores_shape, query_length, key_length, causal_of
     return combine_masks(*parts)
 
 
+# The exp path's row sums must lie in [1, _EXP_ROW_SUM_LIMIT]: at least 1 when key 0 is
+# visible (its own term is exp(0)), and far enough below the float32 maximum that the
+# gradient's (T, dv)-sized terms divided by the sum stay normal floats.
+_EXP_ROW_SUM_LIMIT = 2.0 ** 100
+
+
 def _softmax_attention(query, key, value, mask):
     """softmax(q k^T, masked) v for scaled queries, with a gradient that keeps only the
     weights and the output (besides the inputs) and makes as few passes over (..., T, S)
@@ -35,14 +42,26 @@ def _softmax_attention(query, key, value, mask):
     the subtraction rides in the dO v^T matmul as an extra column: [dO, -r] [v, 1]^T.
     Valid for any mask: W is zero where the mask hides a key (and on rows without a
     visible key), and so is dS. `mask` is None or already broadcastable to the scores.
+
+    Where TensorFlow's CPU softmax is its generic kernel (`softmax_kernel`), the weights
+    are kept unnormalized, W = E / rowsum(E) (`_exp_weights`), and the 1 / rowsum factor is
+    applied to the (..., T, dv) output and upstream gradient instead of the (..., T, S)
+    weights: W^T dO = E^T (dO / sum) and dS = E * ([dO / sum, -r / sum] [v, 1]^T).
     """
+    via_exp = attention_normalization() == "exp"
 
     @tf.custom_gradient
     def attend(q, k, v):
-        weights = masked_softmax(tf.matmul(q, k, transpose_b=True), mask)
-        output = tf.matmul(weights, v)
+        if via_exp:
+            weights, norm = _exp_weights(q, k, mask)
+            output = tf.matmul(weights, v) * norm
+        else:
+            weights, norm = masked_softmax(tf.matmul(q, k, transpose_b=True), mask), None
+            output = tf.matmul(weights, v)
 
         def grad(d_output):
+            if norm is not None:
+                d_output = d_output * norm
             d_value = tf.matmul(weights, d_output, transpose_a=True)
             row = tf.reduce_sum(d_output * output, axis=-1, keepdims=True)
             d_weights = tf.matmul(tf.concat([d_output, -row], axis=-1),
@@ -56,6 +75,35 @@ def _softmax_attention(query, key, value, mask):
         return output, grad
 
     return attend(query, key, value)
+
+
+def _exp_weights(q, k, mask):
+    """E = exp(q k^T - s0), zero where masked, and 1 / rowsum(E): the softmax weights are
+    E * (1 / rowsum(E)). s0 is each query's score against key 0.
+
+    Softmax is invariant to a per-row shift, and shifting by key 0's score instead of the
+    row maximum needs no pass over the (T, S) scores: the shift rides in the q k^T matmul
+    as an extra column, [q, -s0] [k, 1]^T, and exp then runs in place. With key 0 visible
+    every row sums to at least exp(0) = 1. If any row's sum falls outside
+    [1, _EXP_ROW_SUM_LIMIT] (key 0 masked, a row without a visible key, a score more than
+    69 above key 0's, NaN) every row takes `masked_softmax` instead, through a `tf.cond`.
+    """
+    first = tf.matmul(q, k[..., :1, :], transpose_b=True)  # (..., T, 1)
+    rows = q
+    if not (q.shape[:-2].is_fully_defined() and q.shape[:-2] == k.shape[:-2]):
+        # Unknown batch dimensions may broadcast: the concat needs q at first's shape.
+        rows = tf.broadcast_to(q, tf.concat([tf.shape(first)[:-1], tf.shape(q)[-1:]], 0))
+    weights = tf.exp(tf.matmul(tf.concat([rows, -first], axis=-1),
+                               tf.concat([k, tf.ones_like(k[..., :1])], axis=-1),
+                               transpose_b=True))
+    if mask is not None:
+        weights = tf.where(mask, weights, tf.zeros([], weights.dtype))
+    total = tf.reduce_sum(weights, axis=-1, keepdims=True)
+    in_range = tf.reduce_all((total >= 1.0) & (total <= _EXP_ROW_SUM_LIMIT))
+    # The fallback recomputes the scores rather than keep them: exp overwrites them.
+    return tf.cond(in_range, lambda: (weights, 1.0 / total),
+                   lambda: (masked_softmax(tf.matmul(q, k, transpose_b=True), mask),
+                            tf.ones_like(total)))
 
 
 def _unbroadcast(grad, x):

@@ -4,6 +4,8 @@ import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
+from attnlab.ops import scaled_dot_product as sdp_module
+from attnlab.ops import softmax_kernel
 from attnlab.ops.masks import padding_mask
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
 from tests import reference
@@ -211,9 +213,18 @@ def reference_gradients(q, k, v, upstream, mask, eps=1e-6):
     return grads
 
 
+@pytest.fixture(params=softmax_kernel.CHOICES)
+def normalization(request, monkeypatch):
+    """Runs a test with each normalization of the attention without weights (the choice
+    this TensorFlow's probe makes, and the other one)."""
+    monkeypatch.setattr(sdp_module, "attention_normalization", lambda: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-6), ("float32", 1e-4)])
 @pytest.mark.parametrize("mask_kind", ["none", "rows", "fully_masked_row", "causal"])
-def test_gradients_without_weights_match_float64_numpy_reference(dtype, tol, mask_kind):
+def test_gradients_without_weights_match_float64_numpy_reference(dtype, tol, mask_kind,
+                                                                 normalization):
     # Without the weights and without dropout the attention has its own gradient.
     rng = np.random.RandomState(7)
     q, k, v = (rng.normal(size=(2, 2, 3, 4)) for _ in range(3))
@@ -244,7 +255,7 @@ def test_gradients_without_weights_match_float64_numpy_reference(dtype, tol, mas
         np.testing.assert_array_equal(grads[0].numpy()[1, :, 2], 0.0)
 
 
-def test_gradients_without_weights_with_unknown_batch_dimensions():
+def test_gradients_without_weights_with_unknown_batch_dimensions(normalization):
     # Traced with unknown batch dimensions (broadcasting possible) the gradients keep the
     # inputs' shapes: here key and value are shared by every query batch item.
     rng = np.random.RandomState(8)
@@ -267,3 +278,75 @@ def test_gradients_without_weights_with_unknown_batch_dimensions():
     np.testing.assert_allclose(got[0].numpy(), want[0], atol=1e-4)
     np.testing.assert_allclose(got[1].numpy(), (want[1] + want[2]).sum(0, keepdims=True),
                                atol=1e-4)
+
+
+def _outputs_and_gradients(q, k, v, upstream, mask=None):
+    tensors = [tf.constant(x) for x in (q, k, v)]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        out = scaled_dot_product_attention(*tensors, mask=mask, scale=1.0)
+        loss = tf.reduce_sum(out * tf.constant(upstream))
+    return out, tape.gradient(loss, tensors)
+
+
+@pytest.mark.parametrize("case", ["score_far_above_key_0", "key_0_masked_far_above"])
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-6), ("float32", 1e-4)])
+def test_exp_normalization_falls_back_where_key_0_cannot_shift_a_row(case, dtype, tol,
+                                                                       normalization):
+    # The exp path shifts each row by its score against key 0. A row where another key
+    # scores 120 above it (exp overflows float32) or where key 0 is masked and scores 120
+    # above the visible keys (their exp underflows to 0) must take the softmax fallback.
+    rng = np.random.RandomState(11)
+    q = rng.normal(size=(2, 3, 4)) * 0.5
+    k = rng.normal(size=(2, 5, 4)) * 0.5
+    v = rng.normal(size=(2, 5, 3))
+    upstream = rng.normal(size=(2, 3, 3))
+    mask = None
+    q[1, 2] = [10.0, 0.0, 0.0, 0.0]
+    if case == "score_far_above_key_0":
+        k[1, 0], k[1, 3] = [-6.0, 0, 0, 0], [6.0, 0, 0, 0]  # scores -60 and +60
+    else:
+        k[1, 0] = [12.0, 0, 0, 0]  # score +120, hidden
+        mask = np.ones((2, 3, 5), bool)
+        mask[1, 2, 0] = False
+    out, grads = _outputs_and_gradients(*(x.astype(dtype) for x in (q, k, v, upstream)),
+                                        mask=mask)
+    visible = np.ones((2, 3, 5), bool) if mask is None else mask
+    np.testing.assert_allclose(out.numpy(), reference.attention(q, k, v, visible, 1.0)[0],
+                               atol=tol, rtol=tol)
+    # The reference gradients at a scale of 1: scaled queries in, scale 1 in the reference.
+    def loss(q, k, v):
+        return np.sum(reference.attention(q, k, v, mask=visible, scale=1.0)[0] * upstream)
+    for index, got in enumerate(grads):
+        inputs = [q, k, v]
+        want = np.zeros_like(inputs[index])
+        for position in np.ndindex(want.shape):
+            plus = [x.copy() for x in inputs]
+            minus = [x.copy() for x in inputs]
+            plus[index][position] += 1e-6
+            minus[index][position] -= 1e-6
+            want[position] = (loss(*plus) - loss(*minus)) / 2e-6
+        assert np.all(np.isfinite(got.numpy()))
+        np.testing.assert_allclose(got.numpy(), want, atol=tol * 10, rtol=tol * 10)
+
+
+def test_attention_normalization_override_and_probe(monkeypatch):
+    monkeypatch.setenv(softmax_kernel.OVERRIDE_VARIABLE, "exp")
+    softmax_kernel.attention_normalization.cache_clear()
+    try:
+        assert softmax_kernel.attention_normalization() == "exp"
+        monkeypatch.setenv(softmax_kernel.OVERRIDE_VARIABLE, "fast")
+        softmax_kernel.attention_normalization.cache_clear()
+        with pytest.raises(ValueError, match="ATTNLAB_ATTENTION_NORMALIZATION must be one of "
+                                             "exp, softmax, got 'fast'"):
+            softmax_kernel.attention_normalization()
+        monkeypatch.delenv(softmax_kernel.OVERRIDE_VARIABLE)
+        softmax_kernel.attention_normalization.cache_clear()
+        # The probe names the kernel TensorFlow runs for a CPU softmax: the generic
+        # "Softmax" (TF 2.9) or oneDNN's "_MklSoftmax" (TF 2.15).
+        op = softmax_kernel._softmax_kernel_op()
+        assert op in ("Softmax", "_MklSoftmax")
+        assert softmax_kernel.attention_normalization() == (
+            "exp" if op == "Softmax" else "softmax")
+    finally:
+        softmax_kernel.attention_normalization.cache_clear()
