@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from attnlab.ops.masked_softmax import mask_value, softmax_dtype
 from attnlab.ops.masks import align_mask
-from attnlab.ops.scaled_dot_product import default_scale
+from attnlab.ops.scaled_dot_product import default_scale, key0_shifted_exp
+from attnlab.ops.softmax_kernel import attention_normalization
 from attnlab.ops.validation import check_positive_int, check_query_key_value, shape_str
 
 
@@ -173,6 +174,31 @@ def _block_attention(query, key, value, keep, acc_dtype):
     return output, lse
 
 
+def _block_attention_exp(query, key, value, keep, acc_dtype):
+    """`_block_attention` without a softmax, for a TensorFlow whose CPU softmax is its
+    generic kernel (`softmax_kernel`): E = exp(s - s0) with s0 the score of the block's
+    first key (`key0_shifted_exp`), the output (E v) / rowsum(E) and lse = s0 +
+    log(rowsum(E)). Rows with nothing visible get no mass, as there; a block where the
+    shift does not fit some other row takes `_block_attention` (a `tf.cond`)."""
+    weights, first, total, fits = key0_shifted_exp(query, key, keep)
+    visible = None
+    if keep is not None:
+        visible = tf.reduce_any(keep, axis=-1, keepdims=True)
+        fits = fits | tf.logical_not(visible)
+
+    def shifted():
+        output, lse = tf.matmul(weights, value) / total, first + tf.math.log(total)
+        if visible is None:
+            return output, lse
+        return (tf.where(visible, output, tf.zeros([], acc_dtype)),
+                tf.where(visible, lse, mask_value(acc_dtype)))
+
+    output, lse = tf.cond(tf.reduce_all(fits), shifted,
+                          lambda: _block_attention(query, key, value, keep, acc_dtype))
+    lse.set_shape(weights.shape[:-1].concatenate([1]))
+    return output, lse
+
+
 def _with_column(x, column):
     """(..., n, d) -> (..., n, d + 1): `x` with `column` (..., n, 1) appended."""
     return tf.concat([x, tf.cast(column, x.dtype)], axis=-1)
@@ -221,6 +247,22 @@ def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
     d_query = tf.cast(tf.matmul(d_scores, key), acc_dtype)
     d_key_t = tf.cast(tf.matmul(query, d_scores, transpose_a=True), acc_dtype)
     return d_query, d_key_t, d_value_t
+
+
+def _chunk_gradients_exp(query, key_column, value, d_out, lse, keep):
+    """`_chunk_gradients` with the exact weights p = exp(s - lse) from one exp, where the
+    CPU softmax is TensorFlow's generic kernel: [q, -lse] [k, 1]^T puts the shift in the
+    score matmul (`key_column` is [k, 1]). `value` is [V, 1] and `d_out` [dO, -delta], as
+    there; lse is the query's log-sum-exp over all keys, so p <= 1. dK and dV are returned
+    transposed."""
+    scores = tf.matmul(_with_column(query, -lse), key_column, transpose_b=True)
+    if keep is not None:
+        scores = tf.where(keep, scores, mask_value(scores.dtype))
+    weights = tf.exp(scores)
+    d_value_t = tf.matmul(d_out, weights, transpose_a=True)
+    d_scores = weights * tf.matmul(d_out, value, transpose_b=True)
+    return (tf.matmul(d_scores, key_column[..., :-1]),
+            tf.matmul(query, d_scores, transpose_a=True), d_value_t)
 
 
 @tf.custom_gradient
@@ -286,6 +328,9 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                          "value %s" % (shape_str(query), shape_str(key), shape_str(value)))
     dtype = query.dtype
     acc_dtype = softmax_dtype(dtype)
+    # Where TensorFlow's CPU softmax is its generic kernel, the blocks normalize by exp
+    # and row sums instead (float32/float64; half precision keeps the float32 softmax).
+    via_exp = dtype == acc_dtype and attention_normalization() == "exp"
 
     if scale is None:
         depth = query.shape[-1]
@@ -374,11 +419,12 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         ratios = _chunk_array(num_q, acc_dtype)
         no_mass = tf.fill(tf.concat([tf.shape(q)[:-2], [q_chunk, 1]], 0), mask_value(acc_dtype))
 
-        def query_step(q_index, outputs, ratios):
+        def query_step(q_index, outputs, ratios):  # ratios: each query's lse when via_exp
             q_i = query_chunk(q, q_index)
 
             def key_step(k_index, out, lse, block_lses):
-                block_out, block_lse = _block_attention(
+                block_attention = _block_attention_exp if via_exp else _block_attention
+                block_out, block_lse = block_attention(
                     q_i, k.read(k_index), v.read(k_index), chunk_keep(q_index, k_index),
                     acc_dtype)
                 # Two averages merged by their masses exp(lse), taken relative to the larger.
@@ -403,8 +449,9 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             # away) and a zero output; an lse of 0 makes all of their ratios exp(mask
             # value) = 0.
             lse = tf.where(lse > 0.5 * mask_value(acc_dtype), lse, 0)
+            # The exp formulation's backward pass needs only the lse of each query.
             return (q_index + 1, outputs.write(q_index, tf.cast(out, dtype)),
-                    ratios.write(q_index, tf.exp(block_lses.stack() - lse)))
+                    ratios.write(q_index, lse if via_exp else tf.exp(block_lses.stack() - lse)))
 
         _, outputs, ratios = tf.while_loop(
             lambda q_index, *_: q_index < num_q, query_step, (0, outputs, ratios),
@@ -435,12 +482,21 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             v_j = _chunk(v, k_index, k_chunk)
             if fold:
                 v_j = _with_column(v_j, tf.ones_like(v_j[..., :1]))
+            k_column = _with_column(k_j, tf.ones_like(k_j[..., :1])) if via_exp else None
 
             def query_step(q_index, d_query, d_key_t, d_value_t):
-                dq, dk_t, dv_t = _chunk_gradients(
-                    _chunk(q, q_index, q_chunk), k_j, v_j, _chunk(d_out, q_index, q_chunk),
-                    _chunk(delta, q_index, q_chunk),
-                    ratios[q_index, k_index], chunk_keep(q_index, k_index), acc_dtype)
+                keep = chunk_keep(q_index, k_index)
+                if via_exp:
+                    dq, dk_t, dv_t = _chunk_gradients_exp(
+                        _chunk(q, q_index, q_chunk), k_column, v_j,
+                        _with_column(_chunk(d_out, q_index, q_chunk),
+                                     -_chunk(delta, q_index, q_chunk)),
+                        ratios[q_index], keep)
+                else:
+                    dq, dk_t, dv_t = _chunk_gradients(
+                        _chunk(q, q_index, q_chunk), k_j, v_j,
+                        _chunk(d_out, q_index, q_chunk), _chunk(delta, q_index, q_chunk),
+                        ratios[q_index, k_index], keep, acc_dtype)
                 d_query = d_query.write(q_index, d_query.read(q_index) + dq)
                 return q_index + 1, d_query, d_key_t + dk_t, d_value_t + dv_t
 

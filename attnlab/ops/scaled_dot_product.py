@@ -77,16 +77,17 @@ def _softmax_attention(query, key, value, mask):
     return attend(query, key, value)
 
 
-def _exp_weights(q, k, mask):
-    """E = exp(q k^T - s0), zero where masked, and 1 / rowsum(E): the softmax weights are
-    E * (1 / rowsum(E)). s0 is each query's score against key 0.
+def key0_shifted_exp(q, k, mask):
+    """exp(q k^T - s0), zero where `mask` hides a key, with s0 (..., T, 1) each query's
+    score against key 0; returns it, s0, its row sums and whether each row sum lies in
+    [1, _EXP_ROW_SUM_LIMIT] (bool, (..., T, 1)).
 
     Softmax is invariant to a per-row shift, and shifting by key 0's score instead of the
     row maximum needs no pass over the (T, S) scores: the shift rides in the q k^T matmul
     as an extra column, [q, -s0] [k, 1]^T, and exp then runs in place. With key 0 visible
-    every row sums to at least exp(0) = 1. If any row's sum falls outside
-    [1, _EXP_ROW_SUM_LIMIT] (key 0 masked, a row without a visible key, a score more than
-    69 above key 0's, NaN) every row takes `masked_softmax` instead, through a `tf.cond`.
+    every row sums to at least exp(0) = 1. A row sum outside the range means key 0 is
+    masked, the row has no visible key, some score is more than 69 above key 0's, or NaN:
+    the caller then normalizes through the row maxima instead.
     """
     first = tf.matmul(q, k[..., :1, :], transpose_b=True)  # (..., T, 1)
     rows = q
@@ -99,9 +100,17 @@ def _exp_weights(q, k, mask):
     if mask is not None:
         weights = tf.where(mask, weights, tf.zeros([], weights.dtype))
     total = tf.reduce_sum(weights, axis=-1, keepdims=True)
-    in_range = tf.reduce_all((total >= 1.0) & (total <= _EXP_ROW_SUM_LIMIT))
+    fits = (total >= 1.0) & (total <= _EXP_ROW_SUM_LIMIT)
+    return weights, first, total, fits
+
+
+def _exp_weights(q, k, mask):
+    """E = exp(q k^T - s0) (`key0_shifted_exp`) and 1 / rowsum(E): the softmax weights are
+    E * (1 / rowsum(E)). Where a row sum is out of range every row takes `masked_softmax`
+    instead (a `tf.cond`), with a factor of 1."""
+    weights, _, total, fits = key0_shifted_exp(q, k, mask)
     # The fallback recomputes the scores rather than keep them: exp overwrites them.
-    return tf.cond(in_range, lambda: (weights, 1.0 / total),
+    return tf.cond(tf.reduce_all(fits), lambda: (weights, 1.0 / total),
                    lambda: (masked_softmax(tf.matmul(q, k, transpose_b=True), mask),
                             tf.ones_like(total)))
 

@@ -9,6 +9,9 @@ from attnlab.ops.chunked import chunked_attention
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
 from tests import reference
 
+# Every test runs with both normalizations (exp and row sums, or the softmax kernel).
+pytestmark = pytest.mark.usefixtures("normalization")
+
 
 def _inputs(lead, t, s, d=4, dv=3, seed=0, dtype=np.float32):
     rng = np.random.default_rng(seed)
@@ -77,17 +80,24 @@ def test_causal_offset_for_cached_decoding(offset):
     np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
 
 
+def _counted(function, calls):
+    """`function`, appending to `calls` on each call."""
+    def counting(*args):
+        calls.append(1)
+        return function(*args)
+
+    return counting
+
+
 def test_causal_skips_key_chunks_after_the_query_chunk(monkeypatch):
     import attnlab.ops.chunked as chunked_module
 
     visited = []
-    block_attention = chunked_module._block_attention
-
-    def counting_block_attention(query, key, value, keep, acc_dtype):
-        visited.append(1)
-        return block_attention(query, key, value, keep, acc_dtype)
-
-    monkeypatch.setattr(chunked_module, "_block_attention", counting_block_attention)
+    # The block function of either normalization (the exp one calls the softmax one only
+    # for a block its shift does not fit, which these scores never need).
+    for name in ("_block_attention", "_block_attention_exp"):
+        monkeypatch.setattr(chunked_module, name,
+                            _counted(getattr(chunked_module, name), visited))
     q, k, v = _inputs((1,), 8, 8, seed=1)
     out = chunked_attention(q, k, v, causal=True, query_chunk_size=4, key_chunk_size=2)
     # Query chunk 0 (queries 0-3) needs key chunks 0-1, query chunk 1 needs all 4.
@@ -203,13 +213,9 @@ def test_backward_pass_also_skips_key_chunks_after_the_query_chunk(monkeypatch):
     import attnlab.ops.chunked as chunked_module
 
     visited = []
-    gradients = chunked_module._chunk_gradients
-
-    def counting_gradients(*args):
-        visited.append(1)
-        return gradients(*args)
-
-    monkeypatch.setattr(chunked_module, "_chunk_gradients", counting_gradients)
+    for name in ("_chunk_gradients", "_chunk_gradients_exp"):  # either normalization's
+        monkeypatch.setattr(chunked_module, name,
+                            _counted(getattr(chunked_module, name), visited))
     q, k, v = (tf.constant(x) for x in _inputs((1,), 8, 8, seed=1))
     upstream = tf.ones([1, 8, 3])
     got = _gradients(lambda: chunked_attention(q, k, v, causal=True, query_chunk_size=4,

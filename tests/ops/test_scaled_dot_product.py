@@ -4,7 +4,6 @@ import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnlab.ops import scaled_dot_product as sdp_module
 from attnlab.ops import softmax_kernel
 from attnlab.ops.masks import padding_mask
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
@@ -211,14 +210,6 @@ def reference_gradients(q, k, v, upstream, mask, eps=1e-6):
             grad[index] = (loss(*plus) - loss(*minus)) / (2 * eps)
         grads.append(grad)
     return grads
-
-
-@pytest.fixture(params=softmax_kernel.CHOICES)
-def normalization(request, monkeypatch):
-    """Runs a test with each normalization of the attention without weights (the choice
-    this TensorFlow's probe makes, and the other one)."""
-    monkeypatch.setattr(sdp_module, "attention_normalization", lambda: request.param)
-    return request.param
 
 
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-6), ("float32", 1e-4)])
