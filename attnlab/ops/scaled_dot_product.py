@@ -29,6 +29,9 @@ def resolve_mask(mask, causal, scores_shape, query_length, key_length, causal_of
 # visible (its own term is exp(0)), and far enough below the float32 maximum that the
 # gradient's (T, dv)-sized terms divided by the sum stay normal floats.
 _EXP_ROW_SUM_LIMIT = 2.0 ** 100
+# Smallest (T x S) score matrix normalized through exp: below it the exp path's extra small
+# ops cost more than the softmax passes they save (a decoding step, T = 1, ran 14% slower).
+EXP_MIN_SCORES = 256 * 256
 
 
 def _softmax_attention(query, key, value, mask):
@@ -43,12 +46,15 @@ def _softmax_attention(query, key, value, mask):
     Valid for any mask: W is zero where the mask hides a key (and on rows without a
     visible key), and so is dS. `mask` is None or already broadcastable to the scores.
 
-    Where TensorFlow's CPU softmax is its generic kernel (`softmax_kernel`), the weights
+    Where TensorFlow's CPU softmax is its generic kernel (`softmax_kernel`) and the (T, S)
+    score matrices have at least EXP_MIN_SCORES entries (or unknown lengths), the weights
     are kept unnormalized, W = E / rowsum(E) (`_exp_weights`), and the 1 / rowsum factor is
     applied to the (..., T, dv) output and upstream gradient instead of the (..., T, S)
     weights: W^T dO = E^T (dO / sum) and dS = E * ([dO / sum, -r / sum] [v, 1]^T).
     """
-    via_exp = attention_normalization() == "exp"
+    lengths = (query.shape[-2], key.shape[-2])
+    small = None not in lengths and lengths[0] * lengths[1] < EXP_MIN_SCORES
+    via_exp = attention_normalization() == "exp" and not small
 
     @tf.custom_gradient
     def attend(q, k, v):

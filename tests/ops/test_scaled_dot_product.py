@@ -341,3 +341,22 @@ def test_attention_normalization_override_and_probe(monkeypatch):
             "exp" if op == "Softmax" else "softmax")
     finally:
         softmax_kernel.attention_normalization.cache_clear()
+
+
+def test_exp_normalization_only_for_score_matrices_of_at_least_exp_min_scores(monkeypatch):
+    # A decoding step (T = 1) keeps the softmax: the exp path's extra small ops cost more.
+    from attnlab.ops import scaled_dot_product as sdp_module
+
+    calls = []
+    exp_weights = sdp_module._exp_weights
+    monkeypatch.setattr(sdp_module, "attention_normalization", lambda: "exp")
+    monkeypatch.setattr(sdp_module, "_exp_weights",
+                        lambda *args: calls.append(1) or exp_weights(*args))
+    monkeypatch.setattr(sdp_module, "EXP_MIN_SCORES", 8 * 8)
+    rng = np.random.RandomState(3)
+    for t, used in ((1, False), (7, False), (8, True)):
+        calls.clear()
+        q, k, v = rng.normal(size=(2, t, 4)), rng.normal(size=(2, 8, 4)), rng.normal(size=(2, 8, 3))
+        out = scaled_dot_product_attention(q, k, v)
+        assert bool(calls) == used, t
+        np.testing.assert_allclose(out.numpy(), reference.attention(q, k, v)[0], atol=1e-10)
