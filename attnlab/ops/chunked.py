@@ -403,11 +403,13 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         return q_i if chunk_scale is None else q_i * tf.cast(chunk_scale, dtype)
 
     def forward(q, k, v):
-        """Output (..., T, dv) and each block's weight ratio (num_q, num_k, ..., c, 1).
+        """Output (..., T, dv) and each block's weight ratio (num_q, num_k, ..., c, 1), or
+        with `via_exp` each query's log-sum-exp (num_q, ..., c, 1).
 
         The ratio r = exp(lse_block - lse) of a query's softmax mass inside one key chunk
         lets the backward pass rebuild exact weights from the block's own softmax; blocks
-        the forward pass skips (causal) keep r = 0.
+        the forward pass skips (causal) keep r = 0. The exp formulation's backward pass
+        takes exp(s - lse) directly.
         """
         q = _pad_length(q, pad_t, rank)
         k = _pad_length(k, pad_s, rank)
@@ -419,7 +421,7 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         ratios = _chunk_array(num_q, acc_dtype)
         no_mass = tf.fill(tf.concat([tf.shape(q)[:-2], [q_chunk, 1]], 0), mask_value(acc_dtype))
 
-        def query_step(q_index, outputs, ratios):  # ratios: each query's lse when via_exp
+        def query_step(q_index, outputs, ratios):
             q_i = query_chunk(q, q_index)
 
             def key_step(k_index, out, lse, block_lses):
@@ -449,7 +451,6 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             # away) and a zero output; an lse of 0 makes all of their ratios exp(mask
             # value) = 0.
             lse = tf.where(lse > 0.5 * mask_value(acc_dtype), lse, 0)
-            # The exp formulation's backward pass needs only the lse of each query.
             return (q_index + 1, outputs.write(q_index, tf.cast(out, dtype)),
                     ratios.write(q_index, lse if via_exp else tf.exp(block_lses.stack() - lse)))
 

@@ -3,8 +3,8 @@
 TensorFlow builds with oneDNN replace `tf.nn.softmax` on the CPU by oneDNN's fused softmax
 in some versions (2.15) but not in others: TF 2.9, the workbench image's, runs Eigen's
 generic kernel, about 3x slower than a single `tf.exp` over the same (B, H, L, L) scores.
-Full attention therefore normalizes through exp and a row sum on such a TensorFlow (see
-`scaled_dot_product._exp_weights`) and through `tf.nn.softmax` elsewhere.
+Full and chunked attention therefore normalize through exp and row sums on such a
+TensorFlow (`scaled_dot_product.key0_shifted_exp`) and through `tf.nn.softmax` elsewhere.
 """
 import functools
 import os
