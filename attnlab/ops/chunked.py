@@ -281,6 +281,8 @@ def _first_order_only(*grads):
     return [tf.identity(g) for g in grads], second_order
 
 
+# Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
+@tf.autograph.experimental.do_not_convert
 def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                       query_chunk_size=512, key_chunk_size=512, causal_offset=None):
     """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.

@@ -103,6 +103,8 @@ def _blocked_mask(mask, length, num_blocks, block, padded, causal, context, rank
     return tf.transpose(mask, swap)  # (..., n, b, c * b)
 
 
+# Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
+@tf.autograph.experimental.do_not_convert
 def local_attention(query, key, value, window, causal=False, mask=None, scale=None):
     """Self-attention where query i sees only keys j with |i - j| <= window.
 

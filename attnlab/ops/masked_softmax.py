@@ -23,6 +23,8 @@ def softmax_dtype(dtype):
     return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
 
 
+# Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
+@tf.autograph.experimental.do_not_convert
 def masked_softmax(scores, mask=None):
     """Softmax over the last axis, where `mask` (True = keep) hides entries.
 

@@ -147,6 +147,8 @@ def _static_training(training):
     return training if value is None else bool(value)
 
 
+# Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
+@tf.autograph.experimental.do_not_convert
 def scaled_dot_product_attention(query, key, value, mask=None, causal=False, scale=None,
                                  dropout_rate=0.0, training=False, return_weights=False,
                                  seed=None):
