@@ -11,13 +11,19 @@ times that share, and accumulates dQ, dK and dV. Neither pass ever holds a (T, S
 matrix, and no block is computed more than twice in all (autodiff with recomputation would
 compute each one three times). Chunks live in TensorArrays, so that writing or re-reading
 one costs O(chunk), not O(sequence).
+
+Where TensorFlow's CPU softmax is its generic kernel (`softmax_kernel`), float32/float64
+attention goes through exp and row sums instead: every block's exp(s - s0) shares one
+shift per query (its score against key 0), so the blocks' E [v, 1] products simply add
+up, with no rescaling and one normalization per query chunk at the end, and the backward
+pass takes its weights as exp(s - lse) from one exp, keeping one scalar per query.
 """
 import numpy as np
 import tensorflow as tf
 
 from attnlab.ops.masked_softmax import mask_value, softmax_dtype
 from attnlab.ops.masks import align_mask
-from attnlab.ops.scaled_dot_product import default_scale, key0_shifted_exp
+from attnlab.ops.scaled_dot_product import EXP_ROW_SUM_LIMIT, default_scale
 from attnlab.ops.softmax_kernel import attention_normalization
 from attnlab.ops.validation import check_positive_int, check_query_key_value, shape_str
 
@@ -69,19 +75,28 @@ def _chunk_array(num_chunks, dtype, fill=None):
                          (0, chunks))[1]
 
 
-def _split(x, num_chunks, chunk_size):
-    """TensorArray of the `num_chunks` chunks of `x` along axis -2, each sliced once.
+def _split(x, num_chunks, chunk_size, ones_column=False):
+    """TensorArray of the `num_chunks` chunks of `x` along axis -2, each sliced once; with
+    `ones_column`, each chunk is [chunk, 1] (a column of ones appended).
 
     A loop reading the same chunk many times reads it from here without a copy, where a
     slice of `x` copies it every time (the chunks are one copy of `x` in all).
     """
+    depth = x.shape[-1]
+    if ones_column and depth is not None:
+        depth += 1
     shape = x.shape[:-2].concatenate([chunk_size if isinstance(chunk_size, int) else None,
-                                      x.shape[-1]])
+                                      depth])
+
+    def chunk(index):
+        part = _chunk(x, index, chunk_size)
+        return _with_column(part, tf.ones_like(part[..., :1])) if ones_column else part
+
     chunks = tf.TensorArray(x.dtype, size=num_chunks, clear_after_read=False,
                             element_shape=shape)
     return tf.while_loop(
         lambda index, _: index < num_chunks,
-        lambda index, chunks: (index + 1, chunks.write(index, _chunk(x, index, chunk_size))),
+        lambda index, chunks: (index + 1, chunks.write(index, chunk(index))),
         (0, chunks))[1]
 
 
@@ -174,29 +189,16 @@ def _block_attention(query, key, value, keep, acc_dtype):
     return output, lse
 
 
-def _block_attention_exp(query, key, value, keep, acc_dtype):
-    """`_block_attention` without a softmax, for a TensorFlow whose CPU softmax is its
-    generic kernel (`softmax_kernel`): E = exp(s - s0) with s0 the score of the block's
-    first key (`key0_shifted_exp`), the output (E v) / rowsum(E) and lse = s0 +
-    log(rowsum(E)). Rows with nothing visible get no mass, as there; a block where the
-    shift does not fit some other row takes `_block_attention` (a `tf.cond`)."""
-    weights, first, total, fits = key0_shifted_exp(query, key, keep)
-    visible = None
+def _shifted_block(query_column, key_column, value_column, keep):
+    """One block's share of the exp formulation: exp([q, -s0] [k, 1]^T) [v, 1], masked
+    entries zero. s0 is each query's score against key 0 of the whole sequence, the same
+    for every block, so the shares of all blocks simply add up: the sum's last column is the
+    row sum of exp(s - s0) over the keys seen so far, and its other columns are the
+    unnormalized output (see `forward` in `chunked_attention`)."""
+    weights = tf.exp(tf.matmul(query_column, key_column, transpose_b=True))
     if keep is not None:
-        visible = tf.reduce_any(keep, axis=-1, keepdims=True)
-        fits = fits | tf.logical_not(visible)
-
-    def shifted():
-        output, lse = tf.matmul(weights, value) / total, first + tf.math.log(total)
-        if visible is None:
-            return output, lse
-        return (tf.where(visible, output, tf.zeros([], acc_dtype)),
-                tf.where(visible, lse, mask_value(acc_dtype)))
-
-    output, lse = tf.cond(tf.reduce_all(fits), shifted,
-                          lambda: _block_attention(query, key, value, keep, acc_dtype))
-    lse.set_shape(weights.shape[:-1].concatenate([1]))
-    return output, lse
+        weights = tf.where(keep, weights, tf.zeros([], weights.dtype))
+    return tf.matmul(weights, value_column)
 
 
 def _with_column(x, column):
@@ -249,7 +251,7 @@ def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
     return d_query, d_key_t, d_value_t
 
 
-def _chunk_gradients_exp(query, key_column, value, d_out, lse, keep):
+def _chunk_gradients_exp(query, key, key_column, value, d_out, lse, keep):
     """`_chunk_gradients` with the exact weights p = exp(s - lse) from one exp, where the
     CPU softmax is TensorFlow's generic kernel: [q, -lse] [k, 1]^T puts the shift in the
     score matmul (`key_column` is [k, 1]). `value` is [V, 1] and `d_out` [dO, -delta], as
@@ -261,8 +263,8 @@ def _chunk_gradients_exp(query, key_column, value, d_out, lse, keep):
     weights = tf.exp(scores)
     d_value_t = tf.matmul(d_out, weights, transpose_a=True)
     d_scores = weights * tf.matmul(d_out, value, transpose_b=True)
-    return (tf.matmul(d_scores, key_column[..., :-1]),
-            tf.matmul(query, d_scores, transpose_a=True), d_value_t)
+    return (tf.matmul(d_scores, key), tf.matmul(query, d_scores, transpose_a=True),
+            d_value_t)
 
 
 @tf.custom_gradient
@@ -288,7 +290,7 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
     """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.
 
     (Plus one scalar per query and key chunk, kept for the backward pass: 4 MiB at
-    B=1, H=8, L=8192 with chunks of 512.)
+    B=1, H=8, L=8192 with chunks of 512; one per query with the exp formulation.)
 
     Queries are processed `query_chunk_size` at a time; for each query chunk the keys are
     visited `key_chunk_size` at a time, the blocks merged by their softmax mass; with
@@ -417,20 +419,23 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         k = _pad_length(k, pad_s, rank)
         v = _pad_length(v, pad_s, rank)
         value_depth = tf.shape(v)[-1:]
-        # Every query chunk reads every key chunk: slice them once.
-        k, v = _split(k, num_k, k_chunk), _split(v, num_k, k_chunk)
+        # [v, 1]'s depth, static where v's is (tf.zeros then gets a static shape).
+        column_depth = [v.shape[-1] + 1] if v.shape[-1] is not None else value_depth + 1
+        first_key = k[..., :1, :]
+        # Every query chunk reads every key chunk: slice them once (the exp formulation
+        # reads [k, 1] and [v, 1]).
+        k, v = (_split(x, num_k, k_chunk, ones_column=via_exp) for x in (k, v))
         outputs = _chunk_array(num_q, dtype)
         ratios = _chunk_array(num_q, acc_dtype)
         no_mass = tf.fill(tf.concat([tf.shape(q)[:-2], [q_chunk, 1]], 0), mask_value(acc_dtype))
 
-        def query_step(q_index, outputs, ratios):
-            q_i = query_chunk(q, q_index)
-
+        def merged_blocks(q_i, q_index, read_key, read_value):
+            """Output, lse and the per-block lse of one query chunk: each block normalized
+            by its own softmax, merged into the running average by softmax mass."""
             def key_step(k_index, out, lse, block_lses):
-                block_attention = _block_attention_exp if via_exp else _block_attention
-                block_out, block_lse = block_attention(
-                    q_i, k.read(k_index), v.read(k_index), chunk_keep(q_index, k_index),
-                    acc_dtype)
+                block_out, block_lse = _block_attention(
+                    q_i, read_key(k_index), read_value(k_index),
+                    chunk_keep(q_index, k_index), acc_dtype)
                 # Two averages merged by their masses exp(lse), taken relative to the larger.
                 top = tf.maximum(lse, block_lse)
                 mass, block_mass = tf.exp(lse - top), tf.exp(block_lse - top)
@@ -453,8 +458,44 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             # away) and a zero output; an lse of 0 makes all of their ratios exp(mask
             # value) = 0.
             lse = tf.where(lse > 0.5 * mask_value(acc_dtype), lse, 0)
-            return (q_index + 1, outputs.write(q_index, tf.cast(out, dtype)),
-                    ratios.write(q_index, lse if via_exp else tf.exp(block_lses.stack() - lse)))
+            return out, lse, block_lses
+
+        def shifted_blocks(q_i, q_index):
+            """Output and lse of one query chunk through exp and row sums, and whether
+            every row sum fits (`scaled_dot_product.key0_shifted_exp` on the whole key
+            sequence): E = exp(s - s0), s0 the query's score against key 0, summed
+            block by block with no rescaling, normalized once at the end."""
+            first = tf.matmul(q_i, first_key, transpose_b=True)
+            query_column = _with_column(q_i, -first)
+
+            def key_step(k_index, total):
+                return k_index + 1, total + _shifted_block(
+                    query_column, k.read(k_index), v.read(k_index),
+                    chunk_keep(q_index, k_index))
+
+            rows = tf.shape(q_i)[:-1]
+            init = (tf.constant(0), tf.zeros(tf.concat([rows, column_depth], 0), dtype))
+            _, total = tf.while_loop(lambda k_index, *_: k_index < key_chunks_needed(q_index),
+                                     key_step, init, parallel_iterations=1)
+            row_sum = total[..., -1:]
+            fits = tf.reduce_all((row_sum >= 1.0) & (row_sum <= EXP_ROW_SUM_LIMIT))
+            return total[..., :-1] / row_sum, first + tf.math.log(row_sum), fits
+
+        def query_step(q_index, outputs, ratios):
+            q_i = query_chunk(q, q_index)
+            if via_exp:
+                out, lse, fits = shifted_blocks(q_i, q_index)
+                # A row sum out of range (key 0 hidden or far below another key, a row
+                # with nothing visible, NaN): the chunk again, block by block.
+                out, lse = tf.cond(fits, lambda: (out, lse), lambda: merged_blocks(
+                    q_i, q_index, lambda i: k.read(i)[..., :-1],
+                    lambda i: v.read(i)[..., :-1])[:2])
+                ratio = lse
+            else:
+                out, lse, block_lses = merged_blocks(q_i, q_index, k.read, v.read)
+                ratio = tf.exp(block_lses.stack() - lse)
+            return q_index + 1, outputs.write(q_index, tf.cast(out, dtype)), \
+                ratios.write(q_index, ratio)
 
         _, outputs, ratios = tf.while_loop(
             lambda q_index, *_: q_index < num_q, query_step, (0, outputs, ratios),
@@ -491,7 +532,7 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                 keep = chunk_keep(q_index, k_index)
                 if via_exp:
                     dq, dk_t, dv_t = _chunk_gradients_exp(
-                        _chunk(q, q_index, q_chunk), k_column, v_j,
+                        _chunk(q, q_index, q_chunk), k_j, k_column, v_j,
                         _with_column(_chunk(d_out, q_index, q_chunk),
                                      -_chunk(delta, q_index, q_chunk)),
                         ratios[q_index], keep)

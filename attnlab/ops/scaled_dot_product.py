@@ -25,10 +25,10 @@ def resolve_mask(mask, causal, scores_shape, query_length, key_length, causal_of
     return combine_masks(*parts)
 
 
-# The exp path's row sums must lie in [1, _EXP_ROW_SUM_LIMIT]: at least 1 when key 0 is
+# The exp path's row sums must lie in [1, EXP_ROW_SUM_LIMIT]: at least 1 when key 0 is
 # visible (its own term is exp(0)), and far enough below the float32 maximum that the
 # gradient's (T, dv)-sized terms divided by the sum stay normal floats.
-_EXP_ROW_SUM_LIMIT = 2.0 ** 100
+EXP_ROW_SUM_LIMIT = 2.0 ** 100
 # Smallest (T x S) score matrix normalized through exp: below it the exp path's extra small
 # ops cost more than the softmax passes they save (a decoding step, T = 1, ran 14% slower).
 EXP_MIN_SCORES = 256 * 256
@@ -86,7 +86,7 @@ def _softmax_attention(query, key, value, mask):
 def key0_shifted_exp(q, k, mask):
     """exp(q k^T - s0), zero where `mask` hides a key, with s0 (..., T, 1) each query's
     score against key 0; returns it, s0, its row sums and whether each row sum lies in
-    [1, _EXP_ROW_SUM_LIMIT] (bool, (..., T, 1)).
+    [1, EXP_ROW_SUM_LIMIT] (bool, (..., T, 1)).
 
     Softmax is invariant to a per-row shift, and shifting by key 0's score instead of the
     row maximum needs no pass over the (T, S) scores: the shift rides in the q k^T matmul
@@ -106,7 +106,7 @@ def key0_shifted_exp(q, k, mask):
     if mask is not None:
         weights = tf.where(mask, weights, tf.zeros([], weights.dtype))
     total = tf.reduce_sum(weights, axis=-1, keepdims=True)
-    fits = (total >= 1.0) & (total <= _EXP_ROW_SUM_LIMIT)
+    fits = (total >= 1.0) & (total <= EXP_ROW_SUM_LIMIT)
     return weights, first, total, fits
 
 

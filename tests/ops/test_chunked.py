@@ -93,9 +93,9 @@ def test_causal_skips_key_chunks_after_the_query_chunk(monkeypatch):
     import attnlab.ops.chunked as chunked_module
 
     visited = []
-    # The block function of either normalization (the exp one calls the softmax one only
-    # for a block its shift does not fit, which these scores never need).
-    for name in ("_block_attention", "_block_attention_exp"):
+    # The block function of either normalization (the exp one falls back to the softmax
+    # one only for a query chunk whose row sums do not fit, which these scores never need).
+    for name in ("_block_attention", "_shifted_block"):
         monkeypatch.setattr(chunked_module, name,
                             _counted(getattr(chunked_module, name), visited))
     q, k, v = _inputs((1,), 8, 8, seed=1)
@@ -207,6 +207,32 @@ def test_first_key_far_below_the_rest_of_its_chunk():
                       upstream)
     for name, got, want in zip("qkv", chunked, full):
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, err_msg=name)
+
+
+def test_exp_formulation_falls_back_only_for_query_chunks_whose_sums_do_not_fit(
+        monkeypatch):
+    # Eagerly, tf.cond runs only the branch it takes: the softmax blocks run for exactly
+    # the query chunks that need them.
+    import attnlab.ops.chunked as chunked_module
+
+    monkeypatch.setattr(chunked_module, "attention_normalization", lambda: "exp")
+    calls = []
+    monkeypatch.setattr(chunked_module, "_block_attention",
+                        _counted(chunked_module._block_attention, calls))
+    q, k, v = _inputs((1, 2), 8, 9, seed=4)
+    out = chunked_attention(q, k, v, query_chunk_size=4, key_chunk_size=3)
+    assert calls == []
+    np.testing.assert_allclose(out.numpy(), reference.attention(q, k, v)[0], atol=2e-5)
+    # Query 5 scores key 7 about 90 above key 0: its chunk (queries 4-7, three key chunks)
+    # takes the softmax blocks, the first chunk does not.
+    q[..., 5, :] = 0.0
+    q[..., 5, 0] = 30.0
+    k[..., 7, :] = 0.0
+    k[..., 7, 0] = 6.0
+    k[..., 0, 0] = 0.0
+    out = chunked_attention(q, k, v, query_chunk_size=4, key_chunk_size=3)
+    assert len(calls) == 3
+    np.testing.assert_allclose(out.numpy(), reference.attention(q, k, v)[0], atol=2e-5)
 
 
 def test_backward_pass_also_skips_key_chunks_after_the_query_chunk(monkeypatch):
