@@ -494,8 +494,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             else:
                 out, lse, block_lses = merged_blocks(q_i, q_index, k.read, v.read)
                 ratio = tf.exp(block_lses.stack() - lse)
-            return q_index + 1, outputs.write(q_index, tf.cast(out, dtype)), \
-                ratios.write(q_index, ratio)
+            return (q_index + 1, outputs.write(q_index, tf.cast(out, dtype)),
+                    ratios.write(q_index, ratio))
 
         _, outputs, ratios = tf.while_loop(
             lambda q_index, *_: q_index < num_q, query_step, (0, outputs, ratios),
