@@ -56,7 +56,7 @@ def _sizes(smoke):
                 ratio_length=8192, big_length=32768, time_length=2048, chunk=512)
 
 
-def _step(tf, impl, chunk):
+def make_step(tf, impl, chunk):
     """tf.function computing attention and the gradients of sum(out * upstream)."""
     from attnlab.ops.chunked import chunked_attention
     from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
@@ -80,7 +80,7 @@ def _step(tf, impl, chunk):
     return step
 
 
-def _inputs(tf, length):
+def make_inputs(tf, length):
     shape = [BATCH, HEADS, length, DEPTH]
     return [tf.random.normal(shape, seed=i) for i in range(4)]
 
@@ -90,12 +90,12 @@ def run_memory_case(args, impl, length):
     tf = _harness.configure_threads(args.threads)
     import time
 
-    inputs = _inputs(tf, length)
+    inputs = make_inputs(tf, length)
     _harness.fetch(inputs)
     baseline = _harness.rss_mib()
     reset = _harness.reset_peak_rss()
     start = time.perf_counter()
-    step = _step(tf, impl, args.chunk)
+    step = make_step(tf, impl, args.chunk)
     _harness.fetch(step(*inputs))
     seconds = time.perf_counter() - start
     peak = _harness.peak_rss_mib()
@@ -117,7 +117,7 @@ def run_live_case(args, impl, length):
     count CPU allocations reports None.
     """
     tf = _harness.configure_threads(args.threads)
-    inputs = _inputs(tf, length)
+    inputs = make_inputs(tf, length)
     _harness.fetch(inputs)
     try:
         before = tf.config.experimental.get_memory_info("CPU:0")["current"]
@@ -125,7 +125,7 @@ def run_live_case(args, impl, length):
         before = None
     if before is not None:
         tf.config.experimental.reset_memory_stats("CPU:0")
-    _harness.fetch(_step(tf, impl, args.chunk)(*inputs))
+    _harness.fetch(make_step(tf, impl, args.chunk)(*inputs))
     live = None
     if before is not None:
         live = (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2.0 ** 20
@@ -136,8 +136,8 @@ def run_live_case(args, impl, length):
 def run_time_case(args, length, impls):
     """In this process: forward + backward of each of `impls` timed, interleaved."""
     tf = _harness.configure_threads(args.threads)
-    inputs = _inputs(tf, length)
-    steps = {impl: _step(tf, impl, args.chunk) for impl in impls}
+    inputs = make_inputs(tf, length)
+    steps = {impl: make_step(tf, impl, args.chunk) for impl in impls}
     times = {impl: [] for impl in steps}
     for step in steps.values():
         _harness.time_ms(lambda step=step: step(*inputs), args.warmup, 0)

@@ -4,6 +4,7 @@ Proves the scripts still run and print their tables; the times mean nothing here
 never asserted (benchmarks are measured by hand, see benchmarks/RESULTS.md).
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -91,3 +92,37 @@ def test_run_all_smoke_runs_the_other_scripts_and_prints_the_summary():
     targets = [row[0] for row in rows[1:]]
     assert set(EXPECTED["local_scaling.py"][2]) <= set(targets)
     assert len(targets) >= 2 + len(others)
+
+
+@pytest.mark.slow
+def test_op_profile_smoke_tables_add_up():
+    out = _run([os.path.join("benchmarks", "op_profile.py"), "--smoke"])
+    tables = {}
+    for line in out.splitlines():
+        if line.startswith("### Target "):
+            current = tables.setdefault(line.split(",")[0][len("### "):], [])
+        elif line.startswith("| ") and not line.startswith("|---"):
+            current.append(_cells(line))
+    assert sorted(tables) == ["Target 1", "Target 2"]
+    for title, sides in (("Target 1", ("attnlab", "keras")), ("Target 2", ("chunked", "full"))):
+        header, *rows = tables[title]
+        a, b = sides
+        assert header == ["op", a, b, "%s - %s" % (a, b), "%s ops" % a, "%s ops" % b]
+        by_op = {row[0]: row for row in rows}
+        ops = [row for row in rows if row[0] not in ("all ops", "step, wall (profiled)")]
+        for column in (1, 2):
+            listed = sum(float(row[column]) for row in ops)
+            total = float(by_op["all ops"][column])
+            wall = float(by_op["step, wall (profiled)"][column])
+            # Rows are rounded to 0.01 ms; ops run one at a time (one inter-op thread), so
+            # their sum cannot exceed the step's wall time.
+            assert abs(listed - total) <= 0.006 * len(ops) + 1e-9, (title, column)
+            assert 0 < total <= wall * 1.1, (title, column, total, wall)
+            # Both sides multiply matrices: some matmul-like op type took time.
+            assert any(re.search("MatMul|Einsum", row[0]) and float(row[column]) > 0
+                       for row in ops), (title, column)
+        for row in ops:
+            assert float(row[3]) == pytest.approx(float(row[1]) - float(row[2]), abs=0.011)
+    # The chunked step runs its loop bodies once per block: many more ops than full.
+    chunked_ops = {row[0]: row for row in tables["Target 2"][1:]}["all ops"]
+    assert float(chunked_ops[4]) > 2 * float(chunked_ops[5])
