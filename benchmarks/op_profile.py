@@ -117,7 +117,7 @@ def profile_pair(tf, sides, args):
 
 
 def target_steps(tf, target, length, smoke):
-    """The two sides of a target: [(name, step, inputs)], attnlab's first."""
+    """A target's two sides as [(name, step, inputs)]: the measured side, then its reference."""
     if target == 1:
         import mha_speed
 
