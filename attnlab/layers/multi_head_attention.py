@@ -1,10 +1,11 @@
-"""Multi-head attention, weight-compatible with tf.keras.layers.MultiHeadAttention, with a
-choice of attention kernel (full, chunked, local) and a KV cache for incremental decoding."""
+"""Multi-head attention with the public API of tf.keras.layers.MultiHeadAttention, a choice
+of attention kernel (full, chunked, local) and a KV cache for incremental decoding."""
 import contextlib
 import math
 
 import tensorflow as tf
 
+from attnlab.layers.attention_layout import AttentionLayout, projection_equation
 from attnlab.layers.kv_cache import empty_cache, update_cache
 from attnlab.ops.chunked import chunked_attention
 from attnlab.ops.local import local_attention
@@ -13,6 +14,11 @@ from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
 from attnlab.ops.validation import check_floating, check_positive_int, check_rate, shape_str
 
 ATTENTION_IMPLS = ("full", "chunked", "local")
+# Exported as experimental in TF 2.9, also under tf.keras.layers from TF 2.10 on.
+EinsumDense = getattr(tf.keras.layers, "EinsumDense", None) or \
+    tf.keras.layers.experimental.EinsumDense
+# Constructor arguments of attnlab's layer that tf.keras.layers.MultiHeadAttention lacks.
+ATTNLAB_ARGUMENTS = ("attention_impl", "window", "chunk_size")
 
 
 def _init_scope():
@@ -28,44 +34,49 @@ def _clone(initializer):
     return initializer.__class__.from_config(initializer.get_config())
 
 
-class _Projection(tf.keras.layers.Layer):
-    """An einsum projection with a kernel and an optional bias (EinsumDense is not public
-    in TF 2.9). Named like Keras MHA's sublayers so variables read `query/kernel` etc."""
+def _check_output_shape(name, output_shape):
+    if output_shape is None:
+        return None
+    if isinstance(output_shape, (list, tuple, tf.TensorShape)):
+        dims = list(output_shape)
+        if dims and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                        for d in dims):
+            return output_shape
+        raise ValueError("%s must be a positive integer or a non-empty sequence of positive "
+                         "integers, got %r" % (name, output_shape))
+    return check_positive_int(name, output_shape)
 
-    def __init__(self, equation, kernel_shape, bias_shape, kernel_initializer,
-                 bias_initializer, kernel_regularizer, bias_regularizer, kernel_constraint,
-                 bias_constraint, **kwargs):
-        super().__init__(**kwargs)
-        self.equation = equation
-        # The name scope makes the variables read query/kernel, ..., unique names that the
-        # H5 format needs.
-        with tf.name_scope(self.name):
-            self.kernel = self.add_weight(
-                name="kernel", shape=kernel_shape, initializer=kernel_initializer,
-                regularizer=kernel_regularizer, constraint=kernel_constraint, trainable=True)
-            self.bias = None
-            if bias_shape is not None:
-                self.bias = self.add_weight(
-                    name="bias", shape=bias_shape, initializer=bias_initializer,
-                    regularizer=bias_regularizer, constraint=bias_constraint, trainable=True)
-        self.built = True
 
-    def call(self, x):
-        y = tf.einsum(self.equation, x, tf.cast(self.kernel, x.dtype))
-        if self.bias is not None:
-            y = y + tf.cast(self.bias, x.dtype)
-        return y
+def _to_dense(ragged, shape=None):
+    """A ragged (B, None, D) input as a dense tensor and its (B, S) validity mask."""
+    if ragged.ragged_rank != 1:
+        raise ValueError("ragged inputs must be (B, None, D) with one ragged axis, got "
+                         "ragged_rank %d" % ragged.ragged_rank)
+    dense = ragged.to_tensor(shape=shape)
+    valid = tf.sequence_mask(ragged.row_lengths(), tf.shape(dense)[1])
+    return dense, valid
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
 class MultiHeadAttention(tf.keras.layers.Layer):
-    """Multi-head attention (Vaswani et al. 2017) with selectable kernel and KV cache.
+    """Multi-head attention (Vaswani et al. 2017): a drop-in for
+    tf.keras.layers.MultiHeadAttention with a selectable kernel and a KV cache.
 
-    The variables have the shapes and order of tf.keras.layers.MultiHeadAttention's, so
-    `layer.set_weights(keras_mha.get_weights())` reproduces a Keras layer:
-    query/kernel (D, H, dk), query/bias (H, dk), key/kernel (Dk, H, dk), key/bias (H, dk),
-    value/kernel (Dv, H, dv), value/bias (H, dv), attention_output/kernel (H, dv, Dout),
-    attention_output/bias (Dout,).
+    Constructor and call arguments, variables (names, shapes, order), `get_config`,
+    `compute_output_shape`, Keras masks, ragged inputs, `attention_axes` and the
+    `_compute_attention` / `_build_from_signature` hooks of subclasses follow
+    tf.keras.layers.MultiHeadAttention (Keras 2.15), so swapping the import keeps a model's
+    code, configs and weights. `from_keras` / `to_keras` convert built layers both ways.
+
+    Where attnlab deliberately differs from Keras:
+    - a query with no visible key gets zero weights and a zero attention output (Keras
+      spreads its weights uniformly over the hidden keys);
+    - the padding of ragged key/value inputs is masked (Keras attends to the zero padding);
+    - `compute_output_shape` does not require the query and value depths to be equal
+      (the layer never did);
+    - `causal=True` aligns the causal mask bottom-right (query i sees keys j <= i + S - T,
+      right for a KV cache), while `use_causal_mask=True` is Keras's top-left j <= i;
+    - inputs are cast to the layer's compute dtype.
 
     Args:
         num_heads: H.
@@ -73,53 +84,61 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         value_dim: dv, depth of each head's values (default dk).
         dropout: dropout rate on the attention weights during training ("full" only).
         use_bias: add biases to the four projections.
-        output_dim: Dout, depth of the output (default: the query depth D).
-        attention_impl: "full" (materializes the (B, H, T, S) weights), "chunked"
-            (attnlab.ops.chunked, memory-efficient) or "local" (attnlab.ops.local, each
-            query sees keys within `window` positions).
-        window: the local window; required for "local".
-        chunk_size: query and key chunk size of "chunked" (default: chunked_attention's, 512).
+        output_shape: depth of the output, an int or a shape such as (3, 2) (the output is
+            then (B, T, 3, 2)); default: the query depth D. `output_dim`, its name before
+            attnlab followed Keras, is still accepted.
+        attention_axes: the axes of (B, ..., D) inputs to attend over (default: every axis
+            but the batch and the depth); the other axes are independent, like the batch.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         activity_regularizer, kernel_constraint, bias_constraint: as in Keras Dense.
+        attention_impl: "full" (materializes the (B, H, T, S) weights), "chunked"
+            (attnlab.ops.chunked, memory-efficient) or "local" (attnlab.ops.local, each
+            query sees keys within `window` positions; one attention axis).
+        window: the local window; required for "local".
+        chunk_size: query and key chunk size of "chunked" (default: chunked_attention's).
         **kwargs: base Layer arguments (name, dtype, ...).
 
     Call arguments:
-        query: (B, T, D).
-        value: (B, S, Dv).
-        key: (B, S, Dk), default `value`.
-        attention_mask: mask broadcastable to (B, T, S) (True = may attend). Keras masks on
-            query (B, T) and value/key (B, S) are combined in, as Keras MHA does.
+        query: (B, T, D), or (B, ..., D) with `attention_axes`; may be ragged (B, None, D).
+        value: (B, S, Dv), same rank as the query; may be ragged.
+        key: (B, S, Dk), default `value`; may be ragged.
+        attention_mask: bool or 0/1 mask of the scores' shape (B, [H,] T, S) or one that
+            broadcasts to it after the missing axes are added in front of the query axes, as
+            in Keras (True = may attend). Keras masks on query (B, T) and value/key (B, S)
+            are combined in.
         return_attention_scores: also return the weights (B, H, T, S) ("full" only).
         training: dropout switch.
-        causal: hide keys after each query, aligned so the last query sees the last key.
+        use_causal_mask: Keras's causal mask: query i sees keys j <= i.
+        causal: attnlab's causal mask, aligned so the last query sees the last key.
         cache: `(key_cache (B, H, S_max, dk), value_cache (B, H, S_max, dv))`, head-major,
             see `init_cache`. With `cache_update_index` the projected keys/values of the T
             new tokens are written at positions index..index+T-1 and the queries attend over
             the whole cache causally (query t sits at position index + t); without it the
             cache is read as precomputed keys/values (e.g. cross-attention over an encoder
             output, see `project_cache`). Keras masks of value/key are not used with a
-            cache (they describe only the new tokens).
+            cache (they describe only the new tokens). (B, T, D) inputs only.
         cache_update_index: scalar int position of the first new token in the cache.
             With "local" attention, cached decoding uses the causal band of `window`
             positions at the queries' absolute positions.
 
     Returns:
-        (B, T, Dout) output; `(output, scores)` with `return_attention_scores`;
-        with a cache, the updated cache is appended: `(output, cache)` or
-        `(output, scores, cache)`.
+        (B, T, *output_shape) output (ragged when the query is); `(output, scores)` with
+        `return_attention_scores`; with a cache, the updated cache is appended:
+        `(output, cache)` or `(output, scores, cache)`.
 
     Example:
         >>> mha = MultiHeadAttention(num_heads=2, key_dim=4)
         >>> x = tf.random.normal([2, 5, 8])
-        >>> mha(x, x, causal=True).shape
+        >>> mha(x, x, use_causal_mask=True).shape
         TensorShape([2, 5, 8])
     """
 
     def __init__(self, num_heads, key_dim, value_dim=None, dropout=0.0, use_bias=True,
-                 output_dim=None, attention_impl="full", window=None, chunk_size=None,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
-                 kernel_constraint=None, bias_constraint=None, **kwargs):
+                 output_shape=None, attention_axes=None, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
+                 attention_impl="full", window=None, chunk_size=None, **kwargs):
+        output_dim = kwargs.pop("output_dim", None)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.num_heads = check_positive_int("num_heads", num_heads)
         self.key_dim = check_positive_int("key_dim", key_dim)
@@ -129,8 +148,18 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         if not isinstance(use_bias, bool):
             raise TypeError("use_bias must be a bool, got %r" % (use_bias,))
         self.use_bias = use_bias
-        self.output_dim = None if output_dim is None else check_positive_int(
-            "output_dim", output_dim)
+        if output_dim is not None and output_shape is not None:
+            raise ValueError("give output_shape or its former name output_dim, not both "
+                             "(got output_shape=%r, output_dim=%r)" % (output_shape, output_dim))
+        self._output_shape = _check_output_shape("output_shape", output_shape) \
+            if output_dim is None else _check_output_shape("output_dim", output_dim)
+        if isinstance(attention_axes, int) and not isinstance(attention_axes, bool):
+            attention_axes = (attention_axes,)
+        if attention_axes is not None and not all(
+                isinstance(a, int) and not isinstance(a, bool) for a in attention_axes):
+            raise TypeError("attention_axes must be an int or a sequence of ints, got %r"
+                            % (attention_axes,))
+        self._attention_axes = None if attention_axes is None else tuple(attention_axes)
         if attention_impl not in ATTENTION_IMPLS:
             raise ValueError("attention_impl must be one of %s, got %r"
                              % (", ".join(ATTENTION_IMPLS), attention_impl))
@@ -152,56 +181,90 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         self.kernel_constraint = tf.keras.constraints.get(kernel_constraint)
         self.bias_constraint = tf.keras.constraints.get(bias_constraint)
         self.supports_masking = True
-        self._projections_built = False
-        self._depths = None
-        self._input_shapes = None
+        self._built_from_signature = False
+        self._query_shape = self._key_shape = self._value_shape = None
+        self._layout = None
 
     # ----------------------------------------------------------------------------- build
     def build(self, query_shape, value_shape=None, key_shape=None):
         """Create the projections; Keras passes only the query shape, in which case they
         are created on the first call, when the value and key shapes are known."""
-        if value_shape is not None:
-            self._build_projections(query_shape, value_shape, key_shape)
+        if value_shape is not None and not self._built_from_signature:
+            self._build_from_signature(query_shape, value_shape, key_shape)
         self.built = True
 
-    def _build_projections(self, query_shape, value_shape, key_shape=None):
-        shapes = {"query": tf.TensorShape(query_shape), "value": tf.TensorShape(value_shape)}
-        shapes["key"] = shapes["value"] if key_shape is None else tf.TensorShape(key_shape)
+    def _build_from_signature(self, query, value, key=None):
+        """Create the four projections for inputs (tensors or shapes) like these, as
+        Keras's method of this name does (a custom layer's `build` may call it).
+
+        Args:
+            query: (B, ..., D) tensor or shape.
+            value: (B, ..., Dv) tensor or shape of the query's rank.
+            key: (B, ..., Dk) tensor or shape; default `value`.
+        """
+        shapes = {"query": query, "value": value, "key": value if key is None else key}
+        for name, x in shapes.items():
+            shapes[name] = tf.TensorShape(x.shape if hasattr(x, "shape") else x)
+        rank = shapes["query"].rank
         for name, shape in shapes.items():
-            if shape.rank != 3 or shape[-1] is None:
-                raise ValueError("MultiHeadAttention expects %s of shape (B, length, depth) "
-                                 "with a known depth, got %s" % (
-                                     name, tuple(shape.as_list()) if shape.rank is not None
-                                     else "(unknown rank)"))
-        depths = {name: shape[-1] for name, shape in shapes.items()}
-        output_dim = self.output_dim or depths["query"]
-        common = dict(kernel_regularizer=self.kernel_regularizer,
-                      bias_regularizer=self.bias_regularizer,
-                      kernel_constraint=self.kernel_constraint,
-                      bias_constraint=self.bias_constraint, dtype=self._dtype_policy)
+            if shape.rank is None or shape.rank < 3 or shape[-1] is None:
+                raise ValueError(
+                    "MultiHeadAttention expects %s of shape (B, length, depth) or "
+                    "(B, ..., depth) with a known depth, got %s" % (
+                        name, tuple(shape.as_list()) if shape.rank is not None
+                        else "(unknown rank)"))
+            if shape.rank != rank:
+                raise ValueError("MultiHeadAttention expects query, value and key of one rank, "
+                                 "got query %s and %s %s" % (
+                                     tuple(shapes["query"].as_list()), name,
+                                     tuple(shape.as_list())))
+        self._layout = AttentionLayout(rank, self._attention_axes)
+        self._attention_axes = self._layout.attention_axes
+        self._query_shape, self._value_shape, self._key_shape = (
+            shapes["query"], shapes["value"], shapes["key"])
+        free = rank - 1  # the batch and position axes, kept by every projection
         heads = self.num_heads
         with _init_scope():
             # Same creation order as Keras MHA: query, key, value, attention_output.
-            self.query_dense = _Projection(
-                "btd,dhk->bthk", (depths["query"], heads, self.key_dim),
-                (heads, self.key_dim) if self.use_bias else None, _clone(self.kernel_initializer),
-                _clone(self.bias_initializer), name="query", **common)
-            self.key_dense = _Projection(
-                "bsd,dhk->bshk", (depths["key"], heads, self.key_dim),
-                (heads, self.key_dim) if self.use_bias else None, _clone(self.kernel_initializer),
-                _clone(self.bias_initializer), name="key", **common)
-            self.value_dense = _Projection(
-                "bsd,dhk->bshk", (depths["value"], heads, self.value_dim),
-                (heads, self.value_dim) if self.use_bias else None,
-                _clone(self.kernel_initializer), _clone(self.bias_initializer), name="value",
-                **common)
-            self.output_dense = _Projection(
-                "bthk,hko->bto", (heads, self.value_dim, output_dim),
-                (output_dim,) if self.use_bias else None, _clone(self.kernel_initializer),
-                _clone(self.bias_initializer), name="attention_output", **common)
-        self._depths = depths
-        self._input_shapes = {name: shape.as_list() for name, shape in shapes.items()}
-        self._projections_built = True
+            self._query_dense = self._projection(
+                "query", free, 1, [heads, self.key_dim], shapes["query"])
+            self._key_dense = self._projection(
+                "key", free, 1, [heads, self.key_dim], shapes["key"])
+            self._value_dense = self._projection(
+                "value", free, 1, [heads, self.value_dim], shapes["value"])
+            self._build_attention(rank + 1)
+            self._output_dense = self._projection(
+                "attention_output", free, 2, self._output_dims(shapes["query"][-1]),
+                shapes["query"][:-1].concatenate([heads, self.value_dim]))
+        self._built_from_signature = True
+
+    def _projection(self, name, free_dims, bound_dims, output_dims, input_shape):
+        """A built EinsumDense (B, ..., <bound>) -> (B, ..., <output_dims>)."""
+        equation, bias_axes = projection_equation(free_dims, bound_dims, len(output_dims))
+        dense = EinsumDense(
+            equation, output_shape=[None] * (free_dims - 1) + list(output_dims),
+            bias_axes=bias_axes if self.use_bias else None, name=name,
+            kernel_initializer=_clone(self.kernel_initializer),
+            bias_initializer=_clone(self.bias_initializer),
+            kernel_regularizer=self.kernel_regularizer, bias_regularizer=self.bias_regularizer,
+            kernel_constraint=self.kernel_constraint, bias_constraint=self.bias_constraint,
+            dtype=self._dtype_policy)
+        # Built now, under its own name, so the variables read query/kernel, ... as Keras
+        # MHA's do (H5 needs the names unique) and exist before a weight load.
+        with tf.name_scope(name):
+            dense.build(input_shape)
+        return dense
+
+    def _build_attention(self, rank):
+        """Hook of Keras MHA for subclasses that set up their own `_compute_attention`;
+        attnlab's kernels need nothing built. `rank` is that of the projected tensors."""
+
+    def _output_dims(self, query_depth):
+        if self._output_shape is None:
+            return [query_depth]
+        if isinstance(self._output_shape, int):
+            return [self._output_shape]
+        return list(self._output_shape)
 
     def init_cache(self, batch_size, max_length, dtype=None):
         """An empty KV cache for this layer: (B, H, S_max, dk) and (B, H, S_max, dv) zeros.
@@ -223,59 +286,159 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         """
         value = tf.convert_to_tensor(value)
         key = value if key is None else tf.convert_to_tensor(key)
-        if not self._projections_built:
+        if not self._built_from_signature:
             raise ValueError("project_cache needs a built layer: call it once first")
-        self._check_depths(value=value, key=key)
+        self._check_inputs(value=value, key=key)
         key, value = (tf.cast(x, self.compute_dtype) for x in (key, value))
-        return (_heads_first(self.key_dense(key)), _heads_first(self.value_dense(value)))
+        return (_heads_first(self._key_dense(key)), _heads_first(self._value_dense(value)))
 
     # ------------------------------------------------------------------------------ call
-    def _check_depths(self, **inputs):
-        for name, x in inputs.items():
-            if x.shape.rank is not None and x.shape.rank != 3:
-                raise ValueError("MultiHeadAttention expects %s of shape (B, length, depth), "
-                                 "got %s" % (name, shape_str(x)))
-            expected = self._depths[name]
-            if x.shape[-1] is not None and x.shape[-1] != expected:
-                raise ValueError("MultiHeadAttention was built for %s depth %d, got %s of "
-                                 "shape %s" % (name, expected, name, shape_str(x)))
-
-    def _keras_mask(self, query, value, key, key_is_value, use_cache):
-        """The Keras masks of the inputs as one (B, T, S)-broadcastable mask, as in Keras MHA:
-        query mask (B, T, 1) & value mask (B, 1, S) & key mask (B, 1, S)."""
-        parts = []
-        query_mask = getattr(query, "_keras_mask", None)
-        if query_mask is not None:
-            parts.append(tf.cast(query_mask, tf.bool)[:, :, tf.newaxis])
-        if not use_cache:
-            sources = (value,) if key_is_value else (value, key)
-            for x in sources:
-                m = getattr(x, "_keras_mask", None)
-                if m is not None:
-                    parts.append(tf.cast(m, tf.bool)[:, tf.newaxis, :])
-        return combine_masks(*parts)
-
     def call(self, query, value, key=None, attention_mask=None, return_attention_scores=False,
-             training=None, causal=False, cache=None, cache_update_index=None):
-        key_is_value = key is None
-        # Self-attention (one tensor as query, key and value) can use one fused projection.
-        self_attention = key_is_value and query is value
-        if key_is_value:
-            key = value
+             training=None, use_causal_mask=False, causal=False, cache=None,
+             cache_update_index=None):
+        query, value, key, key_is_value, query_lengths, padding = self._densify(
+            query, value, key)
         use_cache = cache is not None
         # Read the Keras masks before any cast: a cast tensor no longer carries them.
-        auto_mask = self._keras_mask(query, value, key, key_is_value, use_cache)
+        keras_masks = self._keras_masks(query, value, key, key_is_value, use_cache)
+        self_attention = key_is_value and query is value
         query, value, key = (tf.convert_to_tensor(x) for x in (query, value, key))
         for name, x in (("query", query), ("value", value), ("key", key)):
             check_floating(name, x)
-        if not self._projections_built:
-            self._build_projections(query.shape, value.shape, key.shape)
-        self._check_depths(query=query, value=value, key=key)
-        if return_attention_scores and self.attention_impl != "full":
+        if not self._built_from_signature:
+            self._build_from_signature(query, value, key)
+        self._check_inputs(query=query, value=value, key=key)
+        self._check_call_options(query, value, return_attention_scores, use_causal_mask,
+                                 causal, use_cache, cache_update_index)
+        dtype = self.compute_dtype
+        query, value, key = (tf.cast(x, dtype) for x in (query, value, key))
+        mask = combine_masks(*[self._layout.keras_mask(m) for m in
+                               keras_masks + [padding, attention_mask] if m is not None])
+
+        if use_cache:
+            output, scores, new_cache = self._attend_with_cache(
+                query, value, key, mask, cache, cache_update_index, training,
+                return_attention_scores)
+        elif _overrides(self, "_compute_attention"):
+            output, scores = self._call_compute_attention(
+                query, value, key, mask, use_causal_mask, causal, training)
+        else:
+            q, k, v = self._project(query, value, key, self_attention)  # (B', H, L, depth)
+            offset = None
+            if use_causal_mask:
+                offset = 0
+            elif causal:
+                offset = tf.shape(k)[2] - tf.shape(q)[2]
+            mask = self._kernel_mask(mask, query, key)
+            output, scores = self._attend(q, k, v, mask, offset is not None, offset,
+                                          training, False, return_attention_scores)
+            output = self._layout.from_heads_first(output, query)
+            if scores is not None:
+                scores = self._layout.scores_from_heads_first(scores, query, key)
+        output = self._output_dense(output)
+
+        if query_lengths is not None:
+            output = tf.RaggedTensor.from_tensor(output, lengths=query_lengths)
+        outputs = (output,)
+        if return_attention_scores:
+            outputs += (scores,)
+        if use_cache:
+            outputs += (new_cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _densify(self, query, value, key):
+        """Ragged inputs as dense tensors, as Keras MHA pads them, plus the lengths of a
+        ragged query (to make its output ragged) and a (B, 1, S) mask of the keys' padding.
+        """
+        key_is_value = key is None
+        if key_is_value:
+            key = value
+        query_lengths = None
+        if isinstance(query, tf.RaggedTensor):
+            query_lengths = query.nested_row_lengths()
+            query, _ = _to_dense(query)
+        valid = []
+        key_ragged, value_ragged = (isinstance(x, tf.RaggedTensor) for x in (key, value))
+        if key_ragged and value_ragged:
+            if key_is_value:
+                value, valid_value = _to_dense(value)
+                key, valid = value, [valid_value]
+            else:
+                shape = tf.math.maximum(key.bounding_shape(), value.bounding_shape())
+                (key, valid_key), (value, valid_value) = (_to_dense(x, shape)
+                                                          for x in (key, value))
+                valid = [valid_key, valid_value]
+        elif key_ragged:
+            key, valid_key = _to_dense(key, tf.shape(value))
+            valid = [valid_key]
+        elif value_ragged:
+            value, valid_value = _to_dense(value, tf.shape(key))
+            valid = [valid_value]
+        padding = combine_masks(*valid)
+        if padding is not None:
+            padding = padding[:, tf.newaxis, :]
+        return query, value, key, key_is_value, query_lengths, padding
+
+    def _keras_masks(self, query, value, key, key_is_value, use_cache):
+        """The Keras masks of the inputs, as Keras MHA reads them: query mask (B, T, 1),
+        value and key masks (B, 1, S)."""
+        parts = []
+        sources = [("query", query)]
+        if not use_cache:
+            sources += [("value", value)] + ([] if key_is_value else [("key", key)])
+        for name, x in sources:
+            m = getattr(x, "_keras_mask", None)
+            if m is None:
+                continue
+            if x.shape.rank != 3:
+                raise ValueError(
+                    "the %s carries a Keras mask, which MultiHeadAttention reads on (B, T, D) "
+                    "inputs only, got %s of shape %s: pass attention_mask instead"
+                    % (name, name, shape_str(x)))
+            m = tf.cast(m, tf.bool)
+            parts.append(m[:, :, tf.newaxis] if name == "query" else m[:, tf.newaxis, :])
+        return parts
+
+    def _check_inputs(self, **inputs):
+        built = {"query": self._query_shape, "value": self._value_shape,
+                 "key": self._key_shape}
+        for name, x in inputs.items():
+            expected = built[name]
+            if x.shape.rank is not None and x.shape.rank != expected.rank:
+                if expected.rank == 3:
+                    raise ValueError("MultiHeadAttention expects %s of shape (B, length, "
+                                     "depth), got %s" % (name, shape_str(x)))
+                raise ValueError("MultiHeadAttention was built for %s of rank %d, got %s of "
+                                 "shape %s" % (name, expected.rank, name, shape_str(x)))
+            if x.shape[-1] is not None and x.shape[-1] != expected[-1]:
+                raise ValueError("MultiHeadAttention was built for %s depth %d, got %s of "
+                                 "shape %s" % (name, expected[-1], name, shape_str(x)))
+
+    def _check_call_options(self, query, value, return_scores, use_causal_mask, causal,
+                            use_cache, cache_update_index):
+        layout = self._layout
+        if return_scores and self.attention_impl != "full":
             raise ValueError("return_attention_scores=True needs attention_impl='full'; %r "
                              "attention does not compute the weights" % self.attention_impl)
+        if use_causal_mask and causal:
+            raise ValueError("use_causal_mask=True (Keras: query i sees keys j <= i) and "
+                             "causal=True (keys j <= i + S - T) are two alignments of one "
+                             "mask: give one of them")
+        if (use_causal_mask or causal) and len(layout.attention_axes) != 1:
+            raise ValueError("a causal mask needs one attention axis, got attention_axes=%r"
+                             % (layout.attention_axes,))
+        if self.attention_impl == "local" and len(layout.attention_axes) != 1:
+            raise ValueError("attention_impl='local' needs one attention axis, got "
+                             "attention_axes=%r" % (layout.attention_axes,))
+        if use_cache and not layout.is_sequence:
+            raise ValueError("a KV cache needs (B, T, D) inputs, got query of shape %s"
+                             % shape_str(query))
+        if use_cache and use_causal_mask:
+            raise ValueError("use_causal_mask=True with a cache: the cache_update_index "
+                             "already makes cached attention causal")
+        axis = layout.attention_axes[0]
         if self.attention_impl == "local" and not use_cache and \
-                not query.shape[1:2].is_compatible_with(value.shape[1:2]):
+                not query.shape[axis:axis + 1].is_compatible_with(value.shape[axis:axis + 1]):
             raise ValueError("attention_impl='local' is self-attention: query and value need "
                              "the same length, got query %s and value %s"
                              % (shape_str(query), shape_str(value)))
@@ -283,61 +446,24 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             raise ValueError("cache_update_index=%r was given without a cache"
                              % (cache_update_index,))
 
-        dtype = self.compute_dtype
-        query, value, key = (tf.cast(x, dtype) for x in (query, value, key))
+    def _kernel_mask(self, mask, query, key):
+        """A Keras-layout mask as the kernels' (B', 1 or H, T, S) mask."""
+        if mask is None:
+            return None
+        if self._layout.is_sequence:
+            return align_mask(mask, tf.TensorShape([query.shape[0], self.num_heads,
+                                                    query.shape[1], key.shape[1]]))
+        return self._layout.mask_heads_first(mask, query, key, self.num_heads)
+
+    def _project(self, query, value, key, self_attention):
+        """Scaled queries, keys and values in the kernels' layout (B', H, L, depth)."""
         scale = 1.0 / math.sqrt(float(self.key_dim))
-        fused = self_attention and not use_cache and self.key_dim == self.value_dim
-        if fused:
-            q, k, v = self._project_self_attention(query, scale)  # (B, H, L, depth)
-        else:
-            q = self.query_dense(query)  # (B, T, H, dk)
-        offset = None
-        if use_cache:
-            if not isinstance(cache, (tuple, list)) or len(cache) != 2:
-                raise ValueError("cache must be a pair (key_cache, value_cache), got %r"
-                                 % (type(cache).__name__,))
-            key_cache, value_cache = (tf.cast(c, dtype) for c in cache)
-            self._check_cache(key_cache, value_cache)
-            if cache_update_index is not None:
-                key_cache = update_cache(key_cache, _heads_first(self.key_dense(key)),
-                                         cache_update_index)
-                value_cache = update_cache(value_cache, _heads_first(self.value_dense(value)),
-                                           cache_update_index)
-                offset = cache_update_index
-            k, v = key_cache, value_cache
-            new_cache = (key_cache, value_cache)
-        elif not fused:
-            k = self.key_dense(key)  # (B, S, H, dk)
-            v = self.value_dense(value)  # (B, S, H, dv)
-
-        # The length axes: (B, H, L, depth) when fused or cached, else (B, L, H, depth).
-        q_axis, k_axis = (2 if fused else 1), (2 if fused or use_cache else 1)
-        query_length, key_length = tf.shape(q)[q_axis], tf.shape(k)[k_axis]
-        scores_shape = tf.TensorShape([q.shape[0], self.num_heads, q.shape[q_axis],
-                                       k.shape[k_axis]])
-        mask = combine_masks(*[align_mask(m, scores_shape) for m in (auto_mask, attention_mask)
-                               if m is not None])
-        if offset is not None:
-            # Cache slots after index + t are empty (or in the future): causal from index.
-            causal = True
-        elif causal:
-            offset = key_length - query_length
-
-        if not fused:
-            # Scale the (T x dk) query rather than the (T x S) scores, as Keras MHA does.
-            q = _heads_first(q * tf.cast(scale, dtype))
-            if not use_cache:
-                k, v = _heads_first(k), _heads_first(v)
-        output, scores = self._attend(q, k, v, mask, causal, offset, training, use_cache,
-                                      return_attention_scores)
-        output = self.output_dense(tf.transpose(output, [0, 2, 1, 3]))
-
-        outputs = (output,)
-        if return_attention_scores:
-            outputs += (scores,)
-        if use_cache:
-            outputs += (new_cache,)
-        return outputs[0] if len(outputs) == 1 else outputs
+        if self_attention and self._layout.is_sequence and self.key_dim == self.value_dim:
+            return self._project_self_attention(query, scale)
+        layout = self._layout
+        q = layout.heads_first(self._query_dense(query) * tf.cast(scale, query.dtype))
+        return q, layout.heads_first(self._key_dense(key)), layout.heads_first(
+            self._value_dense(value))
 
     def _project_self_attention(self, x, scale):
         """(B, L, D) -> scaled q, k, v of shape (B, H, L, dk) with one fused projection.
@@ -349,25 +475,93 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         """
         dtype = x.dtype
         heads, depth = self.num_heads, self.key_dim
-        kernel = tf.concat([tf.cast(self.query_dense.kernel, dtype) * tf.cast(scale, dtype),
-                            tf.cast(self.key_dense.kernel, dtype),
-                            tf.cast(self.value_dense.kernel, dtype)], axis=1)
+        kernel = tf.concat([tf.cast(self._query_dense.kernel, dtype) * tf.cast(scale, dtype),
+                            tf.cast(self._key_dense.kernel, dtype),
+                            tf.cast(self._value_dense.kernel, dtype)], axis=1)
         shape = tf.shape(x)
         qkv = tf.matmul(tf.reshape(x, [-1, shape[-1]]),
                         tf.reshape(kernel, [kernel.shape[0], 3 * heads * depth]))
         if self.use_bias:
-            bias = tf.concat([tf.cast(self.query_dense.bias, dtype) * tf.cast(scale, dtype),
-                              tf.cast(self.key_dense.bias, dtype),
-                              tf.cast(self.value_dense.bias, dtype)], axis=0)
+            bias = tf.concat([tf.cast(self._query_dense.bias, dtype) * tf.cast(scale, dtype),
+                              tf.cast(self._key_dense.bias, dtype),
+                              tf.cast(self._value_dense.bias, dtype)], axis=0)
             qkv = qkv + tf.reshape(bias, [-1])
         qkv = tf.reshape(qkv, tf.stack([shape[0], shape[1], 3, heads, depth]))
         # unstack, not slicing: the gradient of a slice is a zero-padded full-size tensor.
         return tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]), num=3)  # 3 x (B, H, L, dk)
 
+    def _attend_with_cache(self, query, value, key, mask, cache, cache_update_index,
+                           training, return_scores):
+        """Attention of (B, T, D) queries over a KV cache, written first when
+        `cache_update_index` is given; returns (B, T, H, dv) output, weights, new cache."""
+        if not isinstance(cache, (tuple, list)) or len(cache) != 2:
+            raise ValueError("cache must be a pair (key_cache, value_cache), got %r"
+                             % (type(cache).__name__,))
+        dtype = self.compute_dtype
+        key_cache, value_cache = (tf.cast(c, dtype) for c in cache)
+        self._check_cache(key_cache, value_cache)
+        offset = None
+        if cache_update_index is not None:
+            key_cache = update_cache(key_cache, _heads_first(self._key_dense(key)),
+                                     cache_update_index)
+            value_cache = update_cache(value_cache, _heads_first(self._value_dense(value)),
+                                       cache_update_index)
+            # Cache slots after index + t are empty (or in the future): causal from index.
+            offset = cache_update_index
+        scale = 1.0 / math.sqrt(float(self.key_dim))
+        q = _heads_first(self._query_dense(query) * tf.cast(scale, dtype))
+        if mask is not None:
+            mask = align_mask(mask, tf.TensorShape([query.shape[0], self.num_heads,
+                                                    query.shape[1], key_cache.shape[2]]))
+        output, scores = self._attend(q, key_cache, value_cache, mask, offset is not None,
+                                      offset, training, True, return_scores)
+        return _heads_first(output), scores, (key_cache, value_cache)
+
+    def _call_compute_attention(self, query, value, key, mask, use_causal_mask, causal,
+                                training):
+        """The Keras path for subclasses that override `_compute_attention`: projected
+        (B, ..., H, depth) tensors and a Keras-layout mask in, as Keras MHA calls it."""
+        q, k, v = self._query_dense(query), self._key_dense(key), self._value_dense(value)
+        heads_axis = 1 + len(self._layout.batch_axes)
+        if mask is not None and mask.shape[heads_axis] == 1:
+            mask = tf.squeeze(mask, heads_axis)  # Keras's (B, T, S), without the head axis
+        if use_causal_mask or causal:
+            t, s = tf.shape(q)[1], tf.shape(k)[1]
+            mask = combine_masks(mask, causal_mask(t, s, 0 if use_causal_mask else s - t)[
+                tf.newaxis])
+        return self._compute_attention(q, k, v, mask, training)
+
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None):
+        """Attention over projected tensors in Keras MHA's layout: the hook a subclass
+        overrides (or calls) as it would Keras's.
+
+        Args:
+            query: (B, T, H, dk) projected queries (not yet scaled), or (B, ..., H, dk).
+            key: (B, S, H, dk).
+            value: (B, S, H, dv).
+            attention_mask: Keras-layout mask (B, T, S) or broadcastable, True = attend.
+            training: dropout switch.
+
+        Returns:
+            (B, T, H, dv) output and (B, H, T, S) weights (None unless "full").
+        """
+        layout = self._layout
+        scale = 1.0 / math.sqrt(float(self.key_dim))
+        q = layout.heads_first(query * tf.cast(scale, query.dtype))
+        k, v = layout.heads_first(key), layout.heads_first(value)
+        mask = None
+        if attention_mask is not None:
+            mask = layout.mask_heads_first(attention_mask, query, key, self.num_heads)
+        output, scores = self._attend(q, k, v, mask, False, None, training, False,
+                                      self.attention_impl == "full")
+        if scores is not None:
+            scores = layout.scores_from_heads_first(scores, query, key)
+        return layout.from_heads_first(output, query), scores
+
     def _attend(self, q, k, v, mask, causal, offset, training, use_cache, return_scores):
         """(B, H, T, dk), (B, H, S, dk), (B, H, S, dv) -> (B, H, T, dv) output and weights
         (None unless `return_scores`: without the weights the attention gradient is
-        cheaper)."""
+        cheaper). Queries are already scaled; `offset` aligns the causal mask."""
         impl = self.attention_impl
         query_length, key_length = tf.shape(q)[2], tf.shape(k)[2]
         if impl == "local" and use_cache:
@@ -411,6 +605,20 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         # Each output position is a query position: the query's Keras mask carries over.
         return mask
 
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        """The output shape (B, ..., *output_shape) for inputs of these shapes.
+
+        Raises:
+            ValueError: when key and value differ in any axis but the last.
+        """
+        query_shape, value_shape = tf.TensorShape(query_shape), tf.TensorShape(value_shape)
+        key_shape = value_shape if key_shape is None else tf.TensorShape(key_shape)
+        if not value_shape[1:-1].is_compatible_with(key_shape[1:-1]):
+            raise ValueError("All dimensions of value and key except the last must be equal, "
+                             "got value %s and key %s" % (value_shape, key_shape))
+        return query_shape[:-1].concatenate(self._output_dims(query_shape[-1]))
+
+    # ---------------------------------------------------------------------- config
     def get_config(self):
         config = super().get_config()
         config.update({
@@ -419,10 +627,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             "value_dim": self.value_dim,
             "dropout": self.dropout,
             "use_bias": self.use_bias,
-            "output_dim": self.output_dim,
-            "attention_impl": self.attention_impl,
-            "window": self.window,
-            "chunk_size": self.chunk_size,
+            "output_shape": self._output_shape,
+            "attention_axes": self._attention_axes,
             "kernel_initializer": tf.keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": tf.keras.initializers.serialize(self.bias_initializer),
             "kernel_regularizer": tf.keras.regularizers.serialize(self.kernel_regularizer),
@@ -431,22 +637,82 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                 self.activity_regularizer),
             "kernel_constraint": tf.keras.constraints.serialize(self.kernel_constraint),
             "bias_constraint": tf.keras.constraints.serialize(self.bias_constraint),
+            "attention_impl": self.attention_impl,
+            "window": self.window,
+            "chunk_size": self.chunk_size,
         })
         # Like Keras MHA: the shapes the projections were built for, so that `from_config`
         # creates the variables before a SavedModel or H5 load restores their values.
-        shapes = self._input_shapes or {}
-        for name in ("query", "value", "key"):
-            config[name + "_shape"] = shapes.get(name)
+        for name in ("query", "key", "value"):
+            shape = getattr(self, "_%s_shape" % name)
+            config[name + "_shape"] = None if shape is None else shape.as_list()
         return config
 
     @classmethod
     def from_config(cls, config):
+        """The layer of an attnlab or a tf.keras.layers.MultiHeadAttention config, built
+        (variables created) when the config records the input shapes."""
         config = dict(config)
         shapes = [config.pop(name + "_shape", None) for name in ("query", "value", "key")]
         layer = cls(**config)
         if shapes[0] is not None and shapes[1] is not None:
-            layer._build_projections(*shapes)
+            layer._build_from_signature(*shapes)
         return layer
+
+    @classmethod
+    def from_keras(cls, keras_layer, **options):
+        """An attnlab layer equivalent to a tf.keras.layers.MultiHeadAttention, with its
+        weights when it is built.
+
+        Args:
+            keras_layer: a tf.keras.layers.MultiHeadAttention.
+            **options: attnlab's own arguments (attention_impl, window, chunk_size).
+
+        Example:
+            >>> ours = MultiHeadAttention.from_keras(model.get_layer("attention"),
+            ...                                      attention_impl="chunked")
+        """
+        if not isinstance(keras_layer, tf.keras.layers.MultiHeadAttention):
+            raise TypeError("from_keras expects a tf.keras.layers.MultiHeadAttention, got %s"
+                            % type(keras_layer).__name__)
+        unknown = sorted(set(options) - set(ATTNLAB_ARGUMENTS))
+        if unknown:
+            raise TypeError("from_keras accepts only %s as options, got %s"
+                            % (", ".join(ATTNLAB_ARGUMENTS), ", ".join(unknown)))
+        layer = cls.from_config(dict(keras_layer.get_config(), **options))
+        if keras_layer.weights:
+            if not layer.weights:
+                raise ValueError("the Keras layer has weights but no recorded input shapes; "
+                                 "call it once through its _build_from_signature first")
+            layer.set_weights(keras_layer.get_weights())
+        return layer
+
+    def to_keras(self):
+        """The equivalent tf.keras.layers.MultiHeadAttention, with this layer's weights.
+
+        Keras's layer computes full attention whatever `attention_impl` is (same values),
+        and spreads a query with no visible key uniformly where this layer gives zeros.
+
+        Example:
+            >>> keras_layer = ours.to_keras()
+        """
+        config = self.get_config()
+        for name in ATTNLAB_ARGUMENTS:
+            config.pop(name)
+        layer = tf.keras.layers.MultiHeadAttention.from_config(config)
+        if self.weights:
+            # Keras creates its variables on the first call: one call on zeros builds them.
+            inputs = [tf.zeros([1 if d is None else d for d in shape.as_list()],
+                               self.compute_dtype)
+                      for shape in (self._query_shape, self._value_shape, self._key_shape)]
+            layer(*inputs)
+            layer.set_weights(self.get_weights())
+        return layer
+
+
+def _overrides(layer, method):
+    """Whether `layer`'s class replaces MultiHeadAttention's `method`."""
+    return getattr(type(layer), method) is not getattr(MultiHeadAttention, method)
 
 
 def _heads_first(x):

@@ -217,9 +217,9 @@ def test_read_only_cache_equals_attention_over_the_cached_inputs():
     expected = layer(q, memory).numpy()
     keys, values = layer.project_cache(memory)
     np.testing.assert_array_equal(
-        keys.numpy(), layer.key_dense(memory).numpy().transpose(0, 2, 1, 3))
+        keys.numpy(), layer._key_dense(memory).numpy().transpose(0, 2, 1, 3))
     np.testing.assert_array_equal(
-        values.numpy(), layer.value_dense(memory).numpy().transpose(0, 2, 1, 3))
+        values.numpy(), layer._value_dense(memory).numpy().transpose(0, 2, 1, 3))
     got, cache = layer(q, memory, cache=(keys, values))
     np.testing.assert_allclose(got.numpy(), expected, atol=ATOL)
     np.testing.assert_array_equal(cache[0].numpy(), keys.numpy())
@@ -304,7 +304,7 @@ def test_check_layer_cross_attention(tmp_path):
     # which drops dict keys, so dict inputs cannot be fed to its fit() step.
     inputs = [random(rng, 2, 3, 4), random(rng, 2, 5, 6)]
     check_layer(MultiHeadAttention, {"num_heads": 2, "key_dim": 3, "value_dim": 2,
-                                     "output_dim": 5},
+                                     "output_shape": 5},
                 inputs, tmp_path, expected_output_shape=(2, 3, 5))
 
 
