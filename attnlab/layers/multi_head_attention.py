@@ -49,9 +49,9 @@ def _check_output_shape(name, output_shape):
 
 def _to_dense(ragged, shape=None):
     """A ragged (B, None, D) input as a dense tensor and its (B, S) validity mask."""
-    if ragged.ragged_rank != 1:
-        raise ValueError("ragged inputs must be (B, None, D) with one ragged axis, got "
-                         "ragged_rank %d" % ragged.ragged_rank)
+    if ragged.ragged_rank != 1 or ragged.shape.rank != 3:
+        raise ValueError("ragged inputs must be (B, None, D) with one ragged axis, got shape "
+                         "%s with ragged_rank %d" % (ragged.shape, ragged.ragged_rank))
     dense = ragged.to_tensor(shape=shape)
     valid = tf.sequence_mask(ragged.row_lengths(), tf.shape(dense)[1])
     return dense, valid
@@ -312,8 +312,10 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                                  causal, use_cache, cache_update_index)
         dtype = self.compute_dtype
         query, value, key = (tf.cast(x, dtype) for x in (query, value, key))
-        mask = combine_masks(*[self._layout.keras_mask(m) for m in
-                               keras_masks + [padding, attention_mask] if m is not None])
+        mask = attention_mask
+        if self._layout.is_sequence:  # Keras and ragged masks exist for (B, T, D) inputs only
+            mask = combine_masks(*[self._layout.keras_mask(m) for m in
+                                   keras_masks + [padding, attention_mask] if m is not None])
 
         if use_cache:
             output, scores, new_cache = self._attend_with_cache(
