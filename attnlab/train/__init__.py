@@ -22,3 +22,8 @@ def __getattr__(name):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError("module 'attnlab.train' has no attribute %r" % name)
+
+
+def __dir__():
+    # The lazily loaded names too, so that tab completion offers them before first use.
+    return sorted(set(globals()) | set(_EXPORTS))

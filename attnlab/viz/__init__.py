@@ -33,3 +33,8 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError("module 'attnlab.viz' has no attribute %r" % name)
+
+
+def __dir__():
+    # The lazily loaded names too, so that tab completion offers them before first use.
+    return sorted(set(globals()) | set(_LAZY))

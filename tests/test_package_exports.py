@@ -1,0 +1,30 @@
+"""The lazily loaded exports of attnlab.train and attnlab.viz are listed by dir() (tab
+completion in JupyterLab offers them) and load on first use."""
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("module, expected", [
+    ("attnlab.train", {"Trainer", "RunDir", "load_config"}),
+    ("attnlab.viz", {"AttentionExplorer", "capture_attention", "plot_attention"}),
+])
+def test_dir_lists_every_export_and_each_loads(module, expected):
+    package = importlib.import_module(module)
+    listed = dir(package)
+    assert expected <= set(listed)
+    assert set(package.__all__) <= set(listed)
+    assert listed == sorted(listed)
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+
+
+def test_listing_attnlab_train_does_not_import_tensorflow():
+    """`attnlab runs|logs|stop` start without TensorFlow; dir() keeps it that way."""
+    code = ("import sys, attnlab.train as t; names = dir(t); "
+            "assert 'Trainer' in names; print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, check=True)
+    assert result.stdout.strip() == "False"
