@@ -20,3 +20,16 @@ def test_readme_model_example_builds_and_trains():
     model.compile("adam", "sparse_categorical_crossentropy")
     history = model.fit(ids, np.array([0, 1, 0, 1]), verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_readme_keras_conversion_example_copies_the_weights():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    example = [b for b in blocks if "from_keras" in b]
+    assert example, "README.md has no from_keras example"
+    namespace = {}
+    exec(compile(example[0], "README.md", "exec"), namespace)  # noqa: S102
+    keras_weights = namespace["keras_mha"].get_weights()
+    for layer in (namespace["ours"], namespace["back"]):
+        assert len(layer.get_weights()) == len(keras_weights) == 8
+        for got, want in zip(layer.get_weights(), keras_weights):
+            np.testing.assert_array_equal(got, want)
