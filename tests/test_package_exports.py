@@ -25,6 +25,6 @@ def test_listing_attnlab_train_does_not_import_tensorflow():
     """`attnlab runs|logs|stop` start without TensorFlow; dir() keeps it that way."""
     code = ("import sys, attnlab.train as t; names = dir(t); "
             "assert 'Trainer' in names; print('tensorflow' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, universal_newlines=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
     assert result.stdout.strip() == "False"
