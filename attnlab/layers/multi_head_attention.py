@@ -325,18 +325,9 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             output, scores = self._call_compute_attention(
                 query, value, key, mask, use_causal_mask, causal, training)
         else:
-            q, k, v = self._project(query, value, key, self_attention)  # (B', H, L, depth)
-            offset = None
-            if use_causal_mask:
-                offset = 0
-            elif causal:
-                offset = tf.shape(k)[2] - tf.shape(q)[2]
-            mask = self._kernel_mask(mask, query, key)
-            output, scores = self._attend(q, k, v, mask, offset is not None, offset,
-                                          training, False, return_attention_scores)
-            output = self._layout.from_heads_first(output, query)
-            if scores is not None:
-                scores = self._layout.scores_from_heads_first(scores, query, key)
+            output, scores = self._project_and_attend(
+                query, value, key, mask, use_causal_mask, causal, training,
+                return_attention_scores, self_attention)
         output = self._output_dense(output)
 
         if query_lengths is not None:
@@ -447,6 +438,23 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         if cache_update_index is not None and not use_cache:
             raise ValueError("cache_update_index=%r was given without a cache"
                              % (cache_update_index,))
+
+    def _project_and_attend(self, query, value, key, mask, use_causal_mask, causal, training,
+                            return_scores, self_attention):
+        """Project, fold into the kernels' layout, attend, unfold: (B, ..., H, dv) output
+        and Keras-layout weights (None unless `return_scores`)."""
+        q, k, v = self._project(query, value, key, self_attention)  # (B', H, L, depth)
+        offset = None
+        if use_causal_mask:
+            offset = 0
+        elif causal:
+            offset = tf.shape(k)[2] - tf.shape(q)[2]
+        output, scores = self._attend(q, k, v, self._kernel_mask(mask, query, key),
+                                      offset is not None, offset, training, False,
+                                      return_scores)
+        if scores is not None:
+            scores = self._layout.scores_from_heads_first(scores, query, key)
+        return self._layout.from_heads_first(output, query), scores
 
     def _kernel_mask(self, mask, query, key):
         """A Keras-layout mask as the kernels' (B', 1 or H, T, S) mask."""
