@@ -22,7 +22,7 @@ import collections
 import numpy as np
 
 from attnlab.viz.snapshots import make_snapshot
-from attnlab.viz.subwords import merge_pieces, merge_tokens, word_groups
+from attnlab.viz.subwords import merge_pieces, word_groups
 
 SPECIAL = "\u00ab{}\u00bb"  # «[CLS]»: special tokens stand out from words in the tick labels
 _PREFIXES = collections.OrderedDict([("attentions", ""), ("encoder_attentions", "encoder/"),
@@ -70,15 +70,14 @@ def _tokens(ids, tokenizer, special):
     return rows
 
 
-def _groups(inputs, ids, name):
-    """Word groups of every example, from a fast tokenizer's BatchEncoding.word_ids."""
+def _word_ids(inputs, ids, name):
+    """B lists of word ids (None for special tokens), from a fast tokenizer's BatchEncoding."""
     try:
-        word_ids = [inputs.word_ids(b) for b in range(ids.shape[0])]
+        return [inputs.word_ids(b) for b in range(ids.shape[0])]
     except (AttributeError, ValueError):
         raise ValueError("merge_subwords=True needs %s to be the BatchEncoding of a fast "
                          "tokenizer (its word_ids() tells which pieces form a word), got %s"
                          % (name, type(inputs).__name__)) from None
-    return [word_groups(row) for row in word_ids]
 
 
 class _Side:
@@ -87,12 +86,29 @@ class _Side:
     def __init__(self, inputs, name, tokenizer, special, merge):
         self.ids, self.arguments = _ids_and_arguments(inputs, name)
         self.tokens = _tokens(self.ids, tokenizer, special)
-        self.groups = _groups(inputs, self.ids, name) if merge else None
+        self.groups = None
         if merge:
-            # Pieces are joined the tokenizer's way ("##", "Ġ", "▁" markers undone).
-            join = getattr(tokenizer, "convert_tokens_to_string", None)
-            self.tokens = merge_tokens(self.tokens, self.groups,
-                                       join=(lambda p: join(p).strip()) if join else None)
+            word_ids = _word_ids(inputs, self.ids, name)
+            self.groups = [word_groups(row) for row in word_ids]
+            self.tokens = self._merged_tokens(word_ids, _tokens(self.ids, tokenizer, None),
+                                              tokenizer)
+
+    def _merged_tokens(self, word_ids, raw, tokenizer):
+        # A word's pieces are joined the tokenizer's way ("##", "Ġ", "▁" markers undone);
+        # positions outside words (special tokens) keep their marked label.
+        convert = getattr(tokenizer, "convert_tokens_to_string", None)
+        length = max(len(g) for g in self.groups)
+        rows = []
+        for b, groups in enumerate(self.groups):
+            row = []
+            for group in groups:
+                pieces = [raw[b][p] for p in group]
+                if word_ids[b][group[0]] is None:
+                    row.append(self.tokens[b][group[0]])
+                else:
+                    row.append(convert(pieces).strip() if convert else "".join(pieces))
+            rows.append(row + [""] * (length - len(row)))
+        return rows
 
 
 def _to_array(part, layer, tensor):

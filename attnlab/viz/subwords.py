@@ -96,29 +96,3 @@ def merge_pieces(weights, query_groups, key_groups):
         merged[b] = mean @ weights[b] @ total
     return merged
 
-
-def merge_tokens(tokens, groups, join=None, pad=""):
-    """The token list of merged words: each group's pieces joined into one string.
-
-    Args:
-        tokens: B lists of T token strings.
-        groups: B lists of position groups (from `word_groups`).
-        join: function list of pieces -> str (default: concatenation); for a Hugging Face
-            tokenizer, its `convert_tokens_to_string` undoes the piece markers.
-        pad: label of the padding positions after an example's last group.
-
-    Returns:
-        B lists of strings, all as long as the longest example.
-
-    Example:
-        >>> merge_tokens([["[CLS]", "play", "##ing"]], [[[0], [1, 2]]],
-        ...              join=lambda p: "".join(x.replace("##", "") for x in p))
-        [['[CLS]', 'playing']]
-    """
-    join = join or "".join
-    length = max(len(g) for g in groups)
-    rows = []
-    for row, row_groups in zip(tokens, groups):
-        merged = [row[g[0]] if len(g) == 1 else join([row[p] for p in g]) for g in row_groups]
-        rows.append(merged + [pad] * (length - len(merged)))
-    return rows
