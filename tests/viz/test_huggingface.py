@@ -120,7 +120,7 @@ def test_merged_words_keep_rows_summing_to_one_over_their_keys(family):
     # "cats" is split into pieces by every tiny vocabulary; merged it is one token again.
     assert "cats" in first.query_tokens[0]
     assert len(first.query_tokens[0]) < batch["input_ids"].shape[1]
-    for part, snapshot in captured.items():
+    for snapshot in captured.values():
         for weights in snapshot.weights.values():
             sums = weights.astype(np.float64).sum(-1)
             # A row sums to 1 when the merged position holds real tokens, else it is padding.
