@@ -23,6 +23,10 @@ CORPUS = (
     "heads in later layers attend to the separator token",
 )
 
+# Every letter of the corpus' languages and common punctuation gets a token of its own, so
+# that new words split into pieces instead of becoming unknown (after lowercasing).
+ALPHABET = "abcdefghijklmnopqrstuvwxyz\u00e4\u00f6\u00fc\u00df0123456789.,;:!?'\"()-"
+
 _SPECIALS = {
     "wordpiece": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
     "bpe": ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
@@ -43,14 +47,24 @@ def _transformers():
 
 @functools.lru_cache(maxsize=None)
 def _backend(kind, vocab_size):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     specials = list(_SPECIALS[kind])
     if kind == "wordpiece":
         tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tokenizer.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                            initial_alphabet=list(ALPHABET))
     elif kind == "bpe":
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -59,10 +73,11 @@ def _backend(kind, vocab_size):
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     else:
         tokenizer = Tokenizer(models.Unigram())
+        tokenizer.normalizer = normalizers.Lowercase()
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
         tokenizer.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                          unk_token="<unk>")
+                                          unk_token="<unk>", initial_alphabet=list(ALPHABET))
     tokenizer.train_from_iterator(list(CORPUS), trainer)
     ids = {t: tokenizer.token_to_id(t) for t in specials}
     if kind == "wordpiece":
@@ -98,7 +113,7 @@ def tiny_tokenizer(family, vocab_size=None):
     from tokenizers import Tokenizer
 
     kind = _KIND[family]
-    size = vocab_size or {"wordpiece": 200, "bpe": 400, "unigram": 150}[kind]
+    size = vocab_size or {"wordpiece": 240, "bpe": 400, "unigram": 200}[kind]
     backend = Tokenizer.from_str(_backend(kind, size))
     if kind == "wordpiece":
         names = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
