@@ -103,8 +103,9 @@ class _Side:
             row = []
             for group in groups:
                 pieces = [raw[b][p] for p in group]
-                if word_ids[b][group[0]] is None:
-                    row.append(self.tokens[b][group[0]])
+                marked = self.tokens[b][group[0]]
+                if word_ids[b][group[0]] is None or (len(group) == 1 and marked != pieces[0]):
+                    row.append(marked)  # a special token, also one standing for a word ([UNK])
                 else:
                     row.append(convert(pieces).strip() if convert else "".join(pieces))
             rows.append(row + [""] * (length - len(row)))
@@ -158,6 +159,9 @@ def capture_hf_attention(model, inputs, tokenizer=None, decoder_inputs=None,
         >>> AttentionExplorer(captured["attentions"])
     """
     config = _model_config(model)
+    if special is not None and (not isinstance(special, str) or "{}" not in special):
+        raise ValueError("special must be a format string with one {} for the token (e.g. "
+                         "'<{}>') or None, got %r" % (special,))
     merge = bool(merge_subwords)
     source = _Side(inputs, "inputs", tokenizer, special, merge)
     arguments = dict(source.arguments)

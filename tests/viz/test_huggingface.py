@@ -211,6 +211,8 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="has no decoder"):
         ids = np.array([[2, 5, 3]])
         capture_hf_attention(model, ids, decoder_inputs=ids)
+    with pytest.raises(ValueError, match="special must be a format string"):
+        capture_hf_attention(model, np.array([[2, 5, 3]]), tokenizer, special="*")
     with pytest.raises(ValueError, match="BatchEncoding of a fast tokenizer"):
         capture_hf_attention(model, np.array([[2, 5, 3]]), tokenizer, merge_subwords=True)
     t5, t5_tokenizer = tiny_hf_model("t5")
