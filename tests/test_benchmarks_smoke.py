@@ -30,7 +30,7 @@ EXPECTED = {
         ["L=256", "L=512", "L=128"],
         ["2 chunked memory L=256", "2 chunked memory L=512", "2 chunked time L=128"]),
     "capture_overhead.py": (
-        [["case", "ms", "ratio to forward"]],
+        [["case", "ms", "ratio to forward", "CPU ms", "CPU ratio to forward"]],
         ["forward", "forward + output_attentions", "capture_hf_attention"],
         ["HF capture vs forward (B=2 T=16, 2 layers)"]),
     "local_scaling.py": (
