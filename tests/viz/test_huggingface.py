@@ -226,3 +226,23 @@ def test_ids_without_a_tokenizer_are_shown_as_numbers():
     captured = capture_hf_attention(model, ids)["attentions"]
     assert captured.query_tokens == [["2", "7", "9", "3"]]
     assert captured.weights["layer_0"].shape == (1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("family, head", [("bert", "TFBertForSequenceClassification"),
+                                          ("t5", "TFT5ForConditionalGeneration")])
+def test_models_with_a_task_head_give_the_same_fields(family, head):
+    import transformers
+
+    from attnlab.models.hf_tiny import tiny_config, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(family)
+    model = getattr(transformers, head)(tiny_config(family, tokenizer))
+    batch = tokenizer(TEXTS, padding=True, return_tensors="tf")
+    target = tokenizer(TARGETS, padding=True, return_tensors="tf") if family == "t5" else None
+    captured, outputs = capture_hf_attention(model, batch, tokenizer, decoder_inputs=target,
+                                             return_outputs=True)
+    assert list(captured) == _parts(model)
+    assert hasattr(outputs, "logits")
+    for part, snapshot in captured.items():
+        for weights, want in zip(snapshot.weights.values(), getattr(outputs, part)):
+            np.testing.assert_array_equal(weights, want.numpy())
