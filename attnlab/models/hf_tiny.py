@@ -105,8 +105,8 @@ def tiny_tokenizer(family, vocab_size=None):
         transformers.PreTrainedTokenizerFast with the family's special tokens.
 
     Example:
-        >>> tiny_tokenizer("bert").tokenize("researchers")
-        ['re', '##se', '##ar', '##ch', '##ers']
+        >>> tiny_tokenizer("bert").tokenize("The cats")
+        ['the', 'cat', '##s']
     """
     _check_family(family)
     transformers = _transformers()
