@@ -99,7 +99,8 @@ def tiny_tokenizer(family, vocab_size=None):
 
     Args:
         family: one of FAMILIES.
-        vocab_size: vocabulary size (default: small enough that long words split).
+        vocab_size: vocabulary size (default: small, so that words outside CORPUS split
+            into pieces).
 
     Returns:
         transformers.PreTrainedTokenizerFast with the family's special tokens.
