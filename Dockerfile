@@ -35,7 +35,7 @@ ARG USER_GID=1000
 RUN [[ $USER_UID != 0 && $USER_GID != 0 ]] || { echo "USER_UID/USER_GID must not be 0" >&2; exit 1; }; \
     getent group "$USER_GID" > /dev/null || groupadd --gid "$USER_GID" researcher; \
     useradd --no-log-init --uid "$USER_UID" --gid "$USER_GID" --create-home --shell /bin/bash researcher \
- && mkdir -p /workspace/runs /workspace/data /var/lib/attnlab/ssh-host-keys /var/lib/attnlab/run \
+ && mkdir -p /workspace/runs /workspace/data /workspace/models /var/lib/attnlab/ssh-host-keys /var/lib/attnlab/run \
  && chmod 700 /var/lib/attnlab/ssh-host-keys \
  && chown -R "$USER_UID:$USER_GID" /workspace /var/lib/attnlab
 
@@ -60,6 +60,12 @@ COPY --chown=${USER_UID}:${USER_GID} scripts /workspace/scripts
 COPY --chown=${USER_UID}:${USER_GID} tests /workspace/tests
 
 ENV PYTHONPATH=/workspace
+# Pretrained weights come only from the mounted models folder (docs/pretrained.md): the
+# Hugging Face libraries never reach for the network, a missing model fails at once.
+ENV ATTNLAB_MODELS_DIR=/workspace/models \
+    HF_HOME=/workspace/models/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
 USER ${USER_UID}:${USER_GID}
 WORKDIR /workspace
 EXPOSE 8888 2222

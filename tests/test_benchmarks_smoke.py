@@ -29,6 +29,10 @@ EXPECTED = {
          ["case", "chunked", "full", "full / chunked"]],
         ["L=256", "L=512", "L=128"],
         ["2 chunked memory L=256", "2 chunked memory L=512", "2 chunked time L=128"]),
+    "capture_overhead.py": (
+        [["case", "ms", "ratio to forward", "CPU ms", "CPU ratio to forward"]],
+        ["forward", "forward + output_attentions", "capture_hf_attention"],
+        ["HF capture vs forward (B=2 T=16, 2 layers)"]),
     "local_scaling.py": (
         [["case", "local_attention", "ms per 1k positions", "time / first", "L / first"],
          ["case", "local_attention", "per-position loop", "speed-up"]],
