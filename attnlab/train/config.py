@@ -35,6 +35,9 @@ TRAIN_SCHEMA = {
     "snapshot_every": (int, 1, None),
     "deterministic": (bool, False, None),
     "distribute": (str, "none", ("none", "mirrored", "multi_worker")),
+    # multi_worker: seconds a collective op waits for the other workers before the run
+    # fails (a dead or unreachable worker); null waits forever.
+    "collective_timeout": ((int, float, type(None)), 120, None),
     "verbose": (int, 1, (0, 1)),
 }
 SCHEDULE_SCHEMA = {
