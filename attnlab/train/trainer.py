@@ -412,34 +412,38 @@ class Trainer:
                                % (directory, "\n".join(errors)))
         return None
 
-    def _workers_max(self, values):
-        """Element-wise maximum of `values` (floats) over all workers: a collective op."""
+    def _workers_sum(self, values):
+        """Element-wise sum of `values` (numbers) over all workers: a collective op."""
         if self._agree_fn is None:
             strategy = self.strategy
 
-            def replica_max(x):
+            def replica_sum(x):
+                # identity: a fresh tensor on this replica's device (an eager constant may
+                # be pinned to /job:localhost, which the collective cannot place).
                 return tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.MAX, x)
+                    tf.distribute.ReduceOp.SUM, tf.identity(x))
 
             @tf.function
             def agree(x):
-                return strategy.experimental_local_results(strategy.run(replica_max,
+                return strategy.experimental_local_results(strategy.run(replica_sum,
                                                                         args=(x,)))[0]
 
             self._agree_fn = agree
-        return self._agree_fn(tf.constant(values, tf.float32)).numpy().tolist()
+        return self._agree_fn(tf.constant(values, tf.float64)).numpy().tolist()
 
     def _check_same_restore(self, restored):
-        """Make sure every worker restored the same step (a collective op)."""
-        step = float(self.step.numpy())
-        high, minus_low = self._workers_max([step, -step])
-        if high != -minus_low:
+        """Make sure every worker restored the chief's step (two collective ops)."""
+        step = int(self.step.numpy())
+        chief_step = int(self._workers_sum([step if self.is_chief else 0])[0])
+        differing = int(self._workers_sum([float(step != chief_step)])[0])
+        if differing:
             raise RuntimeError(
-                "the workers restored different checkpoints (steps %d to %d; this worker: %s). "
-                "Every worker must read the chief's checkpoints folder %s: share the runs "
-                "folder between the hosts, or copy the chief's checkpoints to every host "
-                "before relaunching." % (-minus_low, high, os.path.basename(restored or "none"),
-                                         self.restore_from or self.run.checkpoint_dir))
+                "%d worker(s) restored another checkpoint than the chief (step %d; this "
+                "worker: step %d from %s). Every worker must read the chief's checkpoints "
+                "folder %s: share the runs folder between the hosts, or copy the chief's "
+                "checkpoints to every host before relaunching."
+                % (differing, chief_step, step, os.path.basename(restored or "none"),
+                   self.restore_from or self.run.checkpoint_dir))
 
     def save(self):
         """Write a checkpoint numbered by the global step (CheckpointManager: files, then index)."""
@@ -644,7 +648,7 @@ class Trainer:
                 if self.multi_worker:
                     # All workers stop after the same step, or the saves would not pair up.
                     stop = step % STOP_CHECK_STEPS == 0 and \
-                        self._workers_max([float(stop)])[0] > 0
+                        self._workers_sum([float(stop)])[0] > 0
                 if due or stop or time.time() - last_sync > 0.5:
                     self._check_finite(epoch_start_step, epoch, run)
                     if bar is not None:
