@@ -405,7 +405,8 @@ class Trainer:
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
                 return path
-            except (tf.errors.OpError, AssertionError, ValueError) as err:
+            except (tf.errors.OpError, AssertionError, ValueError, IndexError) as err:
+                # IndexError: a data file cut short ("Read less bytes than requested").
                 errors.append("%s: %s" % (path, err))
         if errors:
             raise RuntimeError("no checkpoint in %s could be restored:\n%s"
