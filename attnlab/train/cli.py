@@ -121,8 +121,8 @@ def cmd_launch(args):
     except launch.LaunchError as err:
         print("attnlab launch: %s" % err, file=sys.stderr)
         return 2
-    from attnlab.train.runner import prepare_run, run_training
     from attnlab.train.run_dir import RunDir
+    from attnlab.train.runner import prepare_run, run_training
 
     runs_dir = _runs_dir(args)
     name = args.name or os.path.splitext(os.path.basename(args.config))[0]
