@@ -15,15 +15,16 @@ from .conftest import METRICS, PROJECT_NAME, run
 
 CLUSTER_PROJECT = PROJECT_NAME + "-cluster"
 FILES = ["-f", "docker-compose.yml", "-f", "docker-compose.cluster.yml"]
-# 4 epochs x 16 steps of a tiny classifier; a checkpoint every 4 steps.
+# 4 epochs x 8 steps of a tiny classifier; a checkpoint every 4 steps. At most 8 batches
+# per epoch: see tests/train/test_launch.py.
 CONFIG = """
-task: {name: trigger, n_train: 256, n_val: 16, n_test: 16, num_filler: 12, max_length: 8}
+task: {name: trigger, n_train: 128, n_val: 16, n_test: 16, num_filler: 12, max_length: 8}
 model: {name: classifier, embed_dim: 8}
 train: {epochs: 4, batch_size: 16, optimizer: sgd, learning_rate: 0.5, deterministic: true,
         checkpoint_every: 4, keep_checkpoints: 20, collective_timeout: 30, distribute: %s}
 eval: {probe_size: 2}
 """
-STEPS = 64
+STEPS = 32
 
 
 def _compose(engine, root, *args, run_name, check=True, timeout=600):

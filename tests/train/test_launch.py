@@ -19,9 +19,11 @@ from attnlab.train.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# 4 epochs x 16 steps, a checkpoint every 4 steps: long enough to kill a worker mid-run.
+# 4 epochs x 8 steps, a checkpoint every 4 steps: long enough to kill a worker mid-run.
+# At most 8 batches per epoch: on TF 2.9 (the image's) two workers drift from one process
+# from the 9th-16th batch of an epoch on (docs/scaling-out.md, "Known limits").
 CONFIG = """
-task: {name: trigger, n_train: 256, n_val: 16, n_test: 16, num_filler: 12, max_length: 8}
+task: {name: trigger, n_train: 128, n_val: 16, n_test: 16, num_filler: 12, max_length: 8}
 model: {name: classifier, embed_dim: 8}
 # SGD: Adam's first steps follow the sign of each gradient element, which float rounding
 # flips where an element is near zero.
@@ -164,7 +166,7 @@ def final_weights(run_path):
 
 def assert_same_weights(got, want, rtol):
     (got_path, got_vars), (want_path, want_vars) = got, want
-    assert os.path.basename(got_path) == os.path.basename(want_path) == "ckpt-64"
+    assert os.path.basename(got_path) == os.path.basename(want_path) == "ckpt-32"
     assert sorted(got_vars) == sorted(want_vars)
     for name in want_vars:
         np.testing.assert_allclose(got_vars[name], want_vars[name], rtol=rtol, atol=rtol / 10,
@@ -260,7 +262,7 @@ def test_a_killed_worker_stops_the_other_and_a_relaunch_resumes_to_the_same_weig
     assert "lost contact with another worker" in output, output[-3000:]
     assert "Relaunch the same `attnlab launch` command" in output
     status = json.loads((runs / "run" / "status.json").read_text())
-    assert status["state"] in ("running", "failed") and status["step"] < 64, status
+    assert status["state"] in ("running", "failed") and status["step"] < 32, status
     if victim == 1:
         assert status["state"] == "failed" and "lost contact" in status["error"]
     else:
