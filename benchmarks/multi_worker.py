@@ -34,6 +34,14 @@ def _free_ports(n):
     return ports
 
 
+def _threads():
+    """Threads of this process (Linux), or -1."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
+
+
 def worker(args):
     """One process of the benchmark (alone or one worker): writes its figures as JSON."""
     sys.path.insert(0, ROOT)
@@ -62,11 +70,13 @@ def worker(args):
                       strategy=strategy, verbose=0)
     train = task.train_fn(args.batch, seed=0)
     trainer.fit(train, 1)  # traces the step
+    threads = [_threads()]
     start_step, start = int(trainer.step.numpy()), time.perf_counter()
     trainer.fit(train, 1 + args.epochs)
     seconds = time.perf_counter() - start
     steps = int(trainer.step.numpy()) - start_step
-    result = {"steps": steps, "seconds": seconds}
+    threads.append(_threads())
+    result = {"steps": steps, "seconds": seconds, "threads": threads}
     if args.index == 0:
         import op_profile
 
@@ -144,6 +154,10 @@ def main(argv=None):
     print("| 1 process | %.1f | %.1f | 1.00x |" % (single, 1e3 / single))
     print("| 2 workers (127.0.0.1) | %.1f | %.1f | %.2fx |" % (multi, 1e3 / multi,
                                                                 multi / single))
+    print("\nthreads per process after the first epoch -> after the timed ones: 1 process "
+          "%d -> %d, worker 0 %d -> %d, worker 1 %d -> %d" % tuple(
+              results["single"]["threads"] + results["w0"]["threads"] +
+              results["w1"]["threads"]))
     ops = results["w0"]["ops"]
     collective = {op: v for op, v in ops.items() if op.startswith("Collective")}
     step_ms = sum(ms for ms, _ in ops.values())
