@@ -281,3 +281,29 @@ def test_a_killed_worker_stops_the_other_and_a_relaunch_resumes_to_the_same_weig
     log = (runs / "run" / "train.log").read_text()
     assert "resumed from ckpt-" in log, log
     assert_same_weights(final_weights(runs / "run"), two_workers["weights"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_attnlab_stop_on_the_chief_stops_every_worker_at_one_step_and_relaunch_finishes(
+        configs, tmp_path, two_workers, capsys):
+    runs, scratch = tmp_path / "runs", tmp_path / "scratch"
+    procs = _launch_all(configs / "run.yaml", runs, scratch, _free_ports(2))
+    state = runs / "run" / "checkpoints" / "checkpoint"
+    deadline = time.time() + 180
+    while not (state.exists() and '"ckpt-4"' in state.read_text()):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), \
+            _show([p.communicate()[0].decode(errors="replace") for p in procs])
+        time.sleep(0.02)
+    # SIGTERM to the chief only: the workers agree on a step, both checkpoint and exit 0.
+    assert main(["stop", "run", "--runs-dir", str(runs), "--timeout", "120"]) == 0
+    codes, outputs = _wait(procs)
+    assert codes == [0, 0], _show(outputs)
+    assert "worker 1: run run stopped" in outputs[1], _show(outputs)
+    status = json.loads((runs / "run" / "status.json").read_text())
+    assert status["state"] == "stopped" and status["step"] < 32, status
+    capsys.readouterr()
+    assert main(["runs", "--runs-dir", str(runs)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["run", "stopped"]
+    codes, outputs = _wait(_launch_all(configs / "run.yaml", runs, scratch, _free_ports(2)))
+    assert codes == [0, 0], _show(outputs)
+    assert_same_weights(final_weights(runs / "run"), two_workers["weights"], rtol=1e-6)
