@@ -104,7 +104,7 @@ def cluster_root(engine, project, image):
     for name in ("cluster-e2e.yaml", "cluster-single.yaml"):
         os.chown(str(root / "configs" / name), uid, gid)
     yield root
-    _compose(engine, root, "down", run_name="-", check=False, timeout=300)
+    _compose(engine, root, "down", "-v", run_name="-", check=False, timeout=300)
 
 
 @pytest.fixture(scope="module")
