@@ -156,5 +156,15 @@ def scratch_dir(index, parent=None):
 
 
 def remove_scratch(path):
-    """Delete a scratch folder made by `scratch_dir` (nothing in it is kept)."""
+    """Delete a scratch folder made by `scratch_dir` (nothing in it is kept).
+
+    Args:
+        path: the folder.
+
+    Returns:
+        None.
+
+    Example:
+        >>> remove_scratch(scratch_dir(1))
+    """
     shutil.rmtree(path, ignore_errors=True)
