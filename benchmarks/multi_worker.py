@@ -56,7 +56,8 @@ def worker(args):
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     config = load_config(os.path.join(ROOT, "configs", "tiny_reverse.yaml"))
-    strategy = make_strategy("multi_worker", 60) if args.index is not None else None
+    strategy = make_strategy("multi_worker", args.collective_timeout or None) \
+        if args.index is not None else None
     tf.keras.utils.set_random_seed(0)
     task_args = {k: v for k, v in config["task"].items() if k != "name"}
     task_args["n_train"] = args.batch * args.steps
@@ -98,7 +99,8 @@ def worker(args):
 
 def _run(args, extra, env=None):
     command = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
-               "--steps", str(args.steps), "--epochs", str(args.epochs)] + extra
+               "--steps", str(args.steps), "--epochs", str(args.epochs),
+               "--collective-timeout", str(args.collective_timeout)] + extra
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -115,6 +117,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs")
     parser.add_argument("--batch", type=int, default=64, help="global batch")
+    parser.add_argument("--collective-timeout", type=float, default=0,
+                        help="train.collective_timeout of the workers (0: none)")
     parser.add_argument("--index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -292,8 +292,9 @@ def parser():
                                     "$ATTNLAB_WORKER_INDEX)")
     la.add_argument("--name", help="run name (default: the config's file name)")
     la.add_argument("--collective-timeout", type=float, default=None,
-                    help="seconds to wait for the other workers before failing (0: forever; "
-                         "default: the config's train.collective_timeout)")
+                    help="seconds a collective op waits for the other workers before "
+                         "failing (0: no timeout; default: the config's "
+                         "train.collective_timeout, none)")
     la.add_argument("--scratch-dir", help="where non-chief workers put their temporary files")
     k = sub.add_parser("kubernetes", help="print Kubernetes manifests (Indexed Job + headless "
                                           "Service) for a multi-worker run")

@@ -36,8 +36,10 @@ TRAIN_SCHEMA = {
     "deterministic": (bool, False, None),
     "distribute": (str, "none", ("none", "mirrored", "multi_worker")),
     # multi_worker: seconds a collective op waits for the other workers before the run
-    # fails (a dead or unreachable worker); null waits forever.
-    "collective_timeout": ((int, float, type(None)), 120, None),
+    # fails; null (default) relies on TensorFlow's peer health check instead. TensorFlow
+    # keeps one sleeping thread per collective op for this long, so a timeout makes the
+    # thread count grow with steps/s x collectives per step x timeout.
+    "collective_timeout": ((int, float, type(None)), None, None),
     "verbose": (int, 1, (0, 1)),
 }
 SCHEDULE_SCHEMA = {

@@ -21,7 +21,7 @@ CONFIG = """
 task: {name: trigger, n_train: 128, n_val: 16, n_test: 16, num_filler: 12, max_length: 8}
 model: {name: classifier, embed_dim: 8}
 train: {epochs: 4, batch_size: 16, optimizer: sgd, learning_rate: 0.5, deterministic: true,
-        checkpoint_every: 4, keep_checkpoints: 20, collective_timeout: 30, distribute: %s}
+        checkpoint_every: 4, keep_checkpoints: 20, distribute: %s}
 eval: {probe_size: 2}
 """
 STEPS = 32

@@ -28,7 +28,7 @@ model: {name: classifier, embed_dim: 8}
 # SGD: Adam's first steps follow the sign of each gradient element, which float rounding
 # flips where an element is near zero.
 train: {epochs: 4, batch_size: 16, optimizer: sgd, learning_rate: 0.5, deterministic: true,
-        checkpoint_every: 4, keep_checkpoints: 20, collective_timeout: 20, distribute: %s}
+        checkpoint_every: 4, keep_checkpoints: 20, distribute: %s}
 eval: {probe_size: 2}
 """
 
@@ -255,7 +255,8 @@ def test_a_killed_worker_stops_the_other_and_a_relaunch_resumes_to_the_same_weig
     procs = _launch_all(configs / "run.yaml", runs, scratch, _free_ports(2))
     # The chief is killed once there are two checkpoints: the newest is then cut short.
     code, output, seconds = _kill_after_checkpoint(procs, runs, victim, 4 if victim else 8)
-    # Fails with a message, not a hang: within the 20 s collective timeout and some slack.
+    # Fails with a message, not a hang (no collective timeout is set: a killed process's
+    # connections are reset, and TensorFlow's peer health check covers the rest).
     assert code != 0, output[-3000:]
     assert seconds < 90, "the surviving worker took %.0f s to stop" % seconds
     print("surviving worker stopped %.1f s after the kill" % seconds)
