@@ -1,6 +1,8 @@
 """The `attnlab` command: train in the foreground or detached, list runs, follow logs, stop.
 
     attnlab train CONFIG.yaml [--name NAME] [--detach] [--resume] [--runs-dir DIR]
+    attnlab launch CONFIG.yaml --workers HOST:PORT,... --index I [--name NAME] [--runs-dir DIR]
+    attnlab kubernetes CONFIG.yaml --workers N --image IMAGE [--name NAME] [--port PORT]
     attnlab runs [--runs-dir DIR]
     attnlab logs NAME [-f] [--runs-dir DIR]
     attnlab stop NAME [--runs-dir DIR] [--timeout SECONDS]
@@ -10,6 +12,7 @@ The runs folder is ./runs unless --runs-dir or $ATTNLAB_RUNS_DIR says otherwise.
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,10 +38,19 @@ def _pid_alive(pid):
     return True
 
 
+def _local(status):
+    """Whether the run's process is on this machine (multi-worker runs record their host)."""
+    return status.get("host") in (None, socket.gethostname())
+
+
 def _state(status):
-    """The status' state; a "running" run whose process is gone is reported as "died"."""
+    """The status' state; a "running" run whose process is gone is reported as "died".
+
+    The process of a run started on another host or container cannot be checked from here:
+    it is reported as its status says.
+    """
     state = status.get("state", "?")
-    if state == "running" and not _pid_alive(status.get("pid")):
+    if state == "running" and _local(status) and not _pid_alive(status.get("pid")):
         return "died"
     return state
 
@@ -96,6 +108,91 @@ def cmd_train(args):
     else:
         print("run %s finished: %s" % (name, ", ".join(
             "%s=%.4g" % (k, v) for k, v in metrics.items() if isinstance(v, (int, float)))))
+    return 0
+
+
+def cmd_launch(args):
+    from attnlab.train import launch
+
+    try:
+        workers = launch.parse_workers(args.workers)
+        index = launch.resolve_index(args.index, workers)
+        launch.check_port_free(workers[index][1], "%s:%d" % workers[index])
+    except launch.LaunchError as err:
+        print("attnlab launch: %s" % err, file=sys.stderr)
+        return 2
+    from attnlab.train.run_dir import RunDir
+    from attnlab.train.runner import prepare_run, run_training
+
+    runs_dir = _runs_dir(args)
+    name = args.name or os.path.splitext(os.path.basename(args.config))[0]
+    path = os.path.join(runs_dir, name)
+    chief = index == 0
+    # Relaunching the same command resumes: the chief reuses the run's resolved config.
+    exists = os.path.exists(os.path.join(path, "config.yaml"))
+    config = load_config(os.path.join(path, "config.yaml") if exists and chief else args.config)
+    config["train"]["distribute"] = "multi_worker"
+    if args.collective_timeout is not None:
+        config["train"]["collective_timeout"] = args.collective_timeout or None
+    os.environ["TF_CONFIG"] = launch.tf_config(workers, index)
+    scratch = None
+    if chief:
+        status = read_status(path) or {}
+        if exists and _state(status) == "running" and _local(status) and \
+                _pid_alive(status.get("pid")) and status.get("pid") != os.getpid():
+            print("attnlab launch: run %r is still running (pid %s)" % (name, status.get("pid")),
+                  file=sys.stderr)
+            return 1
+        run = prepare_run(config, runs_dir, name, resume=exists)
+        run.write_status("running", pid=os.getpid(), host=socket.gethostname(),
+                         workers=["%s:%d" % w for w in workers], error=None)
+        run.log("worker 0 of %d (chief) on %s: %s" % (len(workers), socket.gethostname(),
+                                                       os.environ["TF_CONFIG"]))
+        restore_from = None
+    else:
+        scratch = launch.scratch_dir(index, args.scratch_dir)
+        run = RunDir(scratch)
+        restore_from = os.path.join(path, "checkpoints")
+    print("attnlab launch: worker %d of %d (%s), run %s" % (
+        index, len(workers), "chief" if chief else "scratch " + scratch, name), flush=True)
+    try:
+        metrics = run_training(config, run, restore_from=restore_from,
+                               verbose=0 if not chief else None)
+    except BaseException as err:
+        if chief and (run.read_status() or {}).get("state") != "failed":
+            message = "%s: %s" % (type(err).__name__, err)
+            run.log("run failed: " + message)
+            run.write_status("failed", error=message)
+        from attnlab.train.trainer import WorkerLostError
+
+        if isinstance(err, WorkerLostError):
+            print("attnlab launch: worker %d: %s" % (index, err), file=sys.stderr)
+            return 3
+        raise
+    finally:
+        if scratch:
+            launch.remove_scratch(scratch)
+    if metrics is None:
+        print("worker %d: run %s stopped; relaunch the same command to resume" % (index, name))
+    elif chief:
+        print("run %s finished: %s" % (name, ", ".join(
+            "%s=%.4g" % (k, v) for k, v in metrics.items() if isinstance(v, (int, float)))))
+    else:
+        print("worker %d: run %s finished" % (index, name))
+    return 0
+
+
+def cmd_kubernetes(args):
+    from attnlab.train.kubernetes import render_manifests
+
+    try:
+        text = render_manifests(args.config, workers=args.workers, image=args.image,
+                                name=args.name, port=args.port, runs_claim=args.runs_claim,
+                                namespace=args.namespace)
+    except ValueError as err:
+        print("attnlab kubernetes: %s" % err, file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
     return 0
 
 
@@ -159,7 +256,13 @@ def cmd_stop(args):
     if _state(status) != "running":
         print("run %s is not running (%s)" % (args.name, _state(status)))
         return 0
-    # SIGTERM: the trainer finishes its step, checkpoints and exits.
+    if not _local(status):
+        print("attnlab stop: run %s runs on host %s (pid %s); run `attnlab stop %s` there, or "
+              "stop its containers (they get SIGTERM and checkpoint)"
+              % (args.name, status.get("host"), pid, args.name), file=sys.stderr)
+        return 1
+    # SIGTERM: the trainer finishes its step, checkpoints and exits (on a multi-worker run
+    # every worker stops after the same step).
     os.kill(int(pid), signal.SIGTERM)
     deadline = time.time() + args.timeout
     while time.time() < deadline:
@@ -181,6 +284,28 @@ def parser():
                    help="run in the background in its own session (survives logout)")
     t.add_argument("--resume", action="store_true",
                    help="continue an existing run from its latest checkpoint")
+    la = sub.add_parser("launch", help="start this machine's worker of a multi-worker run")
+    la.add_argument("config", help="YAML config (the same file on every worker)")
+    la.add_argument("--workers", required=True,
+                    help="HOST:PORT of every worker, comma-separated, worker 0 (chief) first")
+    la.add_argument("--index", help="this worker's position in --workers (default "
+                                    "$ATTNLAB_WORKER_INDEX)")
+    la.add_argument("--name", help="run name (default: the config's file name)")
+    la.add_argument("--collective-timeout", type=float, default=None,
+                    help="seconds a collective op waits for the other workers before "
+                         "failing (0: no timeout; default: the config's "
+                         "train.collective_timeout, none)")
+    la.add_argument("--scratch-dir", help="where non-chief workers put their temporary files")
+    k = sub.add_parser("kubernetes", help="print Kubernetes manifests (Indexed Job + headless "
+                                          "Service) for a multi-worker run")
+    k.add_argument("config", help="YAML config path inside the image (e.g. configs/x.yaml)")
+    k.add_argument("--workers", type=int, required=True, help="number of workers (pods)")
+    k.add_argument("--image", required=True, help="the attnlab image the pods run")
+    k.add_argument("--name", help="run and Job name (default: from the config's file name)")
+    k.add_argument("--port", type=int, default=23456, help="worker port (default 23456)")
+    k.add_argument("--runs-claim", help="PersistentVolumeClaim mounted as the runs folder "
+                                        "(ReadWriteMany: lets every pod resume)")
+    k.add_argument("--namespace", help="namespace of the objects")
     for name, help_text in (("runs", "list runs with state, epoch and latest metrics"),
                             ("logs", "print a run's train.log"),
                             ("stop", "stop a run cleanly (checkpoint first)")):
@@ -191,7 +316,7 @@ def parser():
             s.add_argument("-f", "--follow", action="store_true", help="follow the log")
         if name == "stop":
             s.add_argument("--timeout", type=float, default=60.0)
-    for s in [t] + [sub.choices[n] for n in ("runs", "logs", "stop")]:
+    for s in [t, la] + [sub.choices[n] for n in ("runs", "logs", "stop")]:
         s.add_argument("--runs-dir", help="runs folder (default ./runs or $ATTNLAB_RUNS_DIR)")
     return p
 
@@ -199,7 +324,8 @@ def parser():
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser().parse_args(argv)
-    commands = {"train": cmd_train, "runs": cmd_runs, "logs": cmd_logs, "stop": cmd_stop}
+    commands = {"train": cmd_train, "launch": cmd_launch, "kubernetes": cmd_kubernetes,
+                "runs": cmd_runs, "logs": cmd_logs, "stop": cmd_stop}
     try:
         return commands[args.command](args)
     except ConfigError as err:

@@ -35,6 +35,11 @@ TRAIN_SCHEMA = {
     "snapshot_every": (int, 1, None),
     "deterministic": (bool, False, None),
     "distribute": (str, "none", ("none", "mirrored", "multi_worker")),
+    # multi_worker: seconds a collective op waits for the other workers before the run
+    # fails; null (default) relies on TensorFlow's peer health check instead. TensorFlow
+    # keeps one sleeping thread per collective op for this long, so a timeout makes the
+    # thread count grow with steps/s x collectives per step x timeout.
+    "collective_timeout": ((int, float, type(None)), None, None),
     "verbose": (int, 1, (0, 1)),
 }
 SCHEDULE_SCHEMA = {

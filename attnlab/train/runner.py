@@ -14,14 +14,29 @@ class RunExistsError(FileExistsError):
     """The run name is taken; pass resume=True (`--resume`) to continue it."""
 
 
-def make_strategy(name):
+def make_strategy(name, collective_timeout=None):
+    """The tf.distribute strategy of `train.distribute` ("none" gives None).
+
+    Args:
+        name: "none", "mirrored" or "multi_worker" (the cluster comes from $TF_CONFIG).
+        collective_timeout: multi_worker only: seconds after which a collective op that
+            waits for a dead or unreachable worker fails (None: wait forever).
+
+    Returns:
+        The strategy, or None.
+
+    Example:
+        >>> strategy = make_strategy("multi_worker", collective_timeout=120)
+    """
     import tensorflow as tf
 
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         mark_collective_runtime_started()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=float(collective_timeout) if collective_timeout else None)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     return None
 
 
@@ -158,8 +173,14 @@ def prepare_run(config, runs_dir, name, resume=False):
     return run
 
 
-def run_training(config, run, verbose=None):
+def run_training(config, run, verbose=None, restore_from=None):
     """Train `config` into the RunDir `run` (resuming from its checkpoints), then evaluate.
+
+    Args:
+        config: a validated config.
+        run: the RunDir to write (a non-chief worker's is a scratch folder).
+        verbose: progress bar on (1) or off (0); default: the config's.
+        restore_from: checkpoints folder to resume from (default: the run's own).
 
     Returns:
         The final metrics dict (also written to metrics.json).
@@ -170,7 +191,7 @@ def run_training(config, run, verbose=None):
     from attnlab.train.trainer import Trainer
 
     train = config["train"]
-    strategy = make_strategy(train["distribute"])
+    strategy = make_strategy(train["distribute"], train["collective_timeout"])
     if train["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(train["seed"])
@@ -199,7 +220,8 @@ def run_training(config, run, verbose=None):
                       keep_checkpoints=train["keep_checkpoints"], seed=train["seed"],
                       verbose=train["verbose"] if verbose is None else verbose, probe=probe,
                       snapshot_every=train["snapshot_every"], finish_run=False,
-                      scheduled_sampling=make_scheduled_sampling(train, task))
+                      scheduled_sampling=make_scheduled_sampling(train, task),
+                      restore_from=restore_from)
     started = time.time()
     trainer.fit(task.train_fn(train["batch_size"], seed=train["seed"]), train["epochs"],
                 validation=task.dataset("validation", config["eval"]["batch_size"]))

@@ -2,6 +2,7 @@
 import inspect
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -14,10 +15,20 @@ import tensorflow as tf
 from attnlab.train.run_dir import RunDir
 
 NAN_POLICIES = ("stop", "skip")
+# Multi-worker runs agree on a stop request (SIGTERM, `attnlab stop`) every this many steps:
+# every worker must stop, and checkpoint, after the same step.
+STOP_CHECK_STEPS = 10
+# What a collective op raises when a peer worker died or stopped answering.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.AbortedError)
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or Inf loss or gradient (nan_policy="stop")."""
+
+
+class WorkerLostError(RuntimeError):
+    """A peer of a multi-worker run died or stopped answering; this worker stopped too."""
 
 
 def _per_example_loss_fn(loss):
@@ -75,6 +86,15 @@ def _apply_kwarg(optimizer):
     return None
 
 
+def _is_multi_worker(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return False
+    spec = resolver.cluster_spec().as_dict() if resolver.cluster_spec() else {}
+    return sum(len(tasks) if isinstance(tasks, (list, dict)) else 1
+               for tasks in spec.values()) > 1
+
+
 def _is_chief(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "cluster_spec", None) or \
@@ -119,6 +139,8 @@ class Trainer:
         probe: optional (x, query_tokens, key_tokens) batch whose attention weights are saved
             every `snapshot_every` epochs into run_dir/attention/.
         snapshot_every: epochs between attention snapshots.
+        restore_from: checkpoints folder to restore from (default: the run folder's); a
+            non-chief worker, whose run folder is a scratch one, restores from the chief's.
         finish_run: mark the run folder "finished" when `fit` completes; False when the
             caller still has work to do first (the runner's final test evaluation), so that
             a watcher never sees "finished" before the final metrics exist.
@@ -136,7 +158,7 @@ class Trainer:
     def __init__(self, model, optimizer, loss, metrics=None, strategy=None, jit_compile=False,
                  clip_norm=None, nan_policy="stop", run_dir=None, checkpoint_every=None,
                  keep_checkpoints=3, seed=0, verbose=1, probe=None, snapshot_every=1,
-                 finish_run=True, scheduled_sampling=None):
+                 finish_run=True, scheduled_sampling=None, restore_from=None):
         if not isinstance(model, tf.keras.Model):
             raise TypeError("model must be a tf.keras.Model, got %r" % (model,))
         if nan_policy not in NAN_POLICIES:
@@ -169,6 +191,9 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.loss_fn = _per_example_loss_fn(loss)
         self.is_chief = _is_chief(self.strategy)
+        self.multi_worker = _is_multi_worker(self.strategy)
+        self.restore_from = restore_from
+        self._agree_fn = None
         self.run = None
         if run_dir is not None:
             self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
@@ -207,11 +232,13 @@ class Trainer:
             train_metrics=tf.train.Checkpoint(loss=self.loss_metric, **{
                 "m%d" % i: m for i, m in enumerate(self.metrics)}))
         self.manager = None
+        self._scratch_checkpoints = None
         if self.run is not None:
             directory = self.run.checkpoint_dir
             if not self.is_chief:
                 # Every worker must take part in a save; only the chief's files are kept.
-                directory = tempfile.mkdtemp(prefix="attnlab-worker-ckpt-")
+                directory = self._scratch_checkpoints = tempfile.mkdtemp(
+                    prefix="attnlab-worker-ckpt-")
             self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                                       max_to_keep=keep_checkpoints)
 
@@ -370,24 +397,61 @@ class Trainer:
         if self.manager is None:
             return None
         # Every worker restores from the chief's folder (non-chief workers save elsewhere).
-        state = tf.train.get_checkpoint_state(self.run.checkpoint_dir)
+        directory = self.restore_from or self.run.checkpoint_dir
+        state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
         paths = list(state.all_model_checkpoint_paths) if state is not None else []
         errors = []
         for path in reversed(paths):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
                 return path
-            except (tf.errors.OpError, AssertionError, ValueError) as err:
+            except (tf.errors.OpError, AssertionError, ValueError, IndexError) as err:
+                # IndexError: a data file cut short ("Read less bytes than requested").
                 errors.append("%s: %s" % (path, err))
         if errors:
             raise RuntimeError("no checkpoint in %s could be restored:\n%s"
-                               % (self.run.checkpoint_dir, "\n".join(errors)))
+                               % (directory, "\n".join(errors)))
         return None
+
+    def _workers_sum(self, values):
+        """Element-wise sum of `values` (numbers) over all workers: a collective op."""
+        if self._agree_fn is None:
+            strategy = self.strategy
+
+            def replica_sum(x):
+                # identity: a fresh tensor on this replica's device (an eager constant may
+                # be pinned to /job:localhost, which the collective cannot place).
+                return tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, tf.identity(x))
+
+            @tf.function
+            def agree(x):
+                return strategy.experimental_local_results(strategy.run(replica_sum,
+                                                                        args=(x,)))[0]
+
+            self._agree_fn = agree
+        return self._agree_fn(tf.constant(values, tf.float64)).numpy().tolist()
+
+    def _check_same_restore(self, restored):
+        """Make sure every worker restored the chief's step (two collective ops)."""
+        step = int(self.step.numpy())
+        chief_step = int(self._workers_sum([step if self.is_chief else 0])[0])
+        differing = int(self._workers_sum([float(step != chief_step)])[0])
+        if differing:
+            raise RuntimeError(
+                "%d worker(s) restored another checkpoint than the chief (step %d; this "
+                "worker: step %d from %s). Every worker must read the chief's checkpoints "
+                "folder %s: share the runs folder between the hosts, or copy the chief's "
+                "checkpoints to every host before relaunching."
+                % (differing, chief_step, step, os.path.basename(restored or "none"),
+                   self.restore_from or self.run.checkpoint_dir))
 
     def save(self):
         """Write a checkpoint numbered by the global step (CheckpointManager: files, then index)."""
         if self.manager is None:
             return None
+        if self._scratch_checkpoints:
+            os.makedirs(self._scratch_checkpoints, exist_ok=True)  # removed after each fit
         return self.manager.save(checkpoint_number=int(self.step.numpy()))
 
     def request_stop(self, *_):
@@ -467,6 +531,8 @@ class Trainer:
             self._build(train(0, 0))
         restored = self.restore() if resume else None
         self.history = {}
+        if self.multi_worker and self.manager is not None:
+            self._check_same_restore(restored)
         handler_installed = False
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, self.request_stop)
@@ -475,16 +541,33 @@ class Trainer:
         try:
             self._fit_loop(train, epochs, validation, steps_per_epoch, restored)
         except BaseException as err:
+            lost = self._explain_peer_failure(err)
             if self.run is not None and self.is_chief:
-                message = "%s: %s" % (type(err).__name__, err)
+                shown = lost or err
+                message = "%s: %s" % (type(shown).__name__, shown)
                 self.run.log("run failed at step %d: %s" % (int(self.step.numpy()), message))
                 self.run.write_status("failed", error=message, pid=os.getpid(),
                                       step=int(self.step.numpy()))
+            if lost is not None:
+                raise lost from err
             raise
         finally:
             if handler_installed:
                 signal.signal(signal.SIGTERM, previous)
+            if self._scratch_checkpoints:
+                shutil.rmtree(self._scratch_checkpoints, ignore_errors=True)
         return self.history
+
+    def _explain_peer_failure(self, err):
+        """A WorkerLostError for a collective op that failed because a peer is gone, else None."""
+        if not self.multi_worker or not isinstance(err, _PEER_ERRORS):
+            return None
+        detail = (getattr(err, "message", None) or str(err)).strip().splitlines()
+        return WorkerLostError(
+            "lost contact with another worker at step %d (a worker died, was stopped, or the "
+            "network between them failed): %s. This worker stops too. Relaunch the same "
+            "`attnlab launch` command on every worker to resume from the last checkpoint."
+            % (int(self.step.numpy()), detail[0] if detail else type(err).__name__))
 
     def _check_finite(self, epoch_start_step, epoch, run):
         """Raise (nan_policy="stop") or log (skip) the first non-finite step since the last
@@ -562,7 +645,12 @@ class Trainer:
                 # Read device values (a host sync) only now and then, before a checkpoint
                 # and at the end of the epoch, so that steps run back to back.
                 due = self.checkpoint_every and step % self.checkpoint_every == 0
-                if due or self._stop_requested or time.time() - last_sync > 0.5:
+                stop = self._stop_requested
+                if self.multi_worker:
+                    # All workers stop after the same step, or the saves would not pair up.
+                    stop = step % STOP_CHECK_STEPS == 0 and \
+                        self._workers_sum([float(stop)])[0] > 0
+                if due or stop or time.time() - last_sync > 0.5:
                     self._check_finite(epoch_start_step, epoch, run)
                     if bar is not None:
                         # The step's global loss, not the metric: reading a synced metric is
@@ -571,7 +659,7 @@ class Trainer:
                     last_sync = time.time()
                 if due:
                     self.save()
-                if self._stop_requested:
+                if stop:
                     path = self.save()
                     if run:
                         run.log("stopped by request at epoch %d step %d (checkpoint %s)"

@@ -10,6 +10,8 @@ Environment (scripts/test-container fills it in):
   ATTNLAB_BASE_IMAGE          base image to build on (default: the official TF 2.9 image;
                               with podman, the stand-in from tests/container/standin)
   ATTNLAB_TEST_UID/GID        UID/GID of the "host user" owning the project (default 1234)
+  ATTNLAB_E2E_NAME            compose project name and image tag prefix (default attnlab-e2e),
+                              so that two checkouts can run this stage side by side
 """
 import json
 import os
@@ -28,7 +30,8 @@ ENABLED = os.environ.get("ATTNLAB_CONTAINER_TESTS") == "1"
 collect_ignore_glob = [] if ENABLED else ["test_*.py"]
 
 REPO = Path(__file__).resolve().parents[2]
-PROJECT_NAME = "attnlab-e2e"
+PROJECT_NAME = os.environ.get("ATTNLAB_E2E_NAME", "attnlab-e2e")
+IMAGE_REF = "localhost/attnlab-workbench:" + PROJECT_NAME
 JUPYTER_PORT = 18888
 SSH_PORT = 12222
 METRICS = {}
@@ -138,7 +141,7 @@ def project(workdir, ssh_key, ids, base_image):
          str(ssh_key) + ".pub", "-u", str(uid), "-g", str(gid)])
     with (root / ".env").open("a") as env:
         env.write("\n# e2e test settings\n")
-        env.write("ATTNLAB_IMAGE=localhost/attnlab-workbench:e2e\n")
+        env.write("ATTNLAB_IMAGE=%s\n" % IMAGE_REF)
         env.write("BASE_IMAGE=%s\n" % base_image)
         env.write("JUPYTER_PORT=%d\nSSH_PORT=%d\n" % (JUPYTER_PORT, SSH_PORT))
         # The corporate-proxy build option, exercised for real: the host's CA bundle
@@ -168,7 +171,7 @@ def image(engine, project):
     started = time.monotonic()
     result = engine.compose(project["root"], "build", timeout=3600)
     METRICS["image build (compose build), s"] = round(time.monotonic() - started, 1)
-    ref = "localhost/attnlab-workbench:e2e"
+    ref = IMAGE_REF
     engine("image", "inspect", ref)
     return {"ref": ref, "build_log": result.stdout}
 
