@@ -14,7 +14,6 @@ Usage:
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _threads():
@@ -132,7 +121,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="multi_worker_bench_") as folder:
         single_out = os.path.join(folder, "single.json")
         _finish(_run(args, ["--out", single_out, "--batch", str(args.batch)], env), "1 process")
-        ports = _free_ports(2)
+        from attnlab.train.launch import free_local_ports
+
+        ports = free_local_ports(2)
         cluster = {"worker": ["127.0.0.1:%d" % p for p in ports]}
         procs = []
         for index in range(2):

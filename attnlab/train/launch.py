@@ -137,6 +137,28 @@ def check_port_free(port, entry=""):
         probe.close()
 
 
+def free_local_ports(count):
+    """`count` distinct TCP ports on 127.0.0.1 that are free now, for a cluster on one machine.
+
+    Args:
+        count: how many ports.
+
+    Returns:
+        A list of port numbers (the OS may hand one out again once it is released).
+
+    Example:
+        >>> workers = ",".join("127.0.0.1:%d" % p for p in free_local_ports(2))
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))  # held together, so the ports differ
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def scratch_dir(index, parent=None):
     """A new private folder for a non-chief worker's run files (deleted when it ends).
 

@@ -1,25 +1,17 @@
 """MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 match one process."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from attnlab.train.launch import free_local_ports
+
 WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _env(**extra):
@@ -59,7 +51,7 @@ def _assert_matches(path, reference_path, replicas):
 @pytest.mark.slow
 def test_two_workers_agree_with_one_process_on_the_same_global_batch(tmp_path,
                                                                      single_process):
-    ports = _free_ports(2)
+    ports = free_local_ports(2)
     cluster = {"worker": ["127.0.0.1:%d" % p for p in ports]}
     procs = []
     for index in range(2):
@@ -122,7 +114,7 @@ def test_attnlab_train_on_two_workers_exits_cleanly_and_matches_one_process(tmp_
     single_out = single.communicate(timeout=180)[0].decode(errors="replace")
     assert single.returncode == 0, single_out[-3000:]
 
-    ports = _free_ports(2)
+    ports = free_local_ports(2)
     cluster = {"worker": ["127.0.0.1:%d" % p for p in ports]}
     procs = [_train_cli(multi_config, tmp_path / ("worker%d" % index), _env(
         TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})))

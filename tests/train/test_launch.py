@@ -115,15 +115,6 @@ def test_cli_bad_input_fails_before_anything_is_created(tmp_path, capsys):
 
 # --- two worker processes on 127.0.0.1 -----------------------------------------------------
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
 
 def _env():
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
@@ -194,7 +185,7 @@ def one_process(configs, tmp_path_factory):
 def two_workers(configs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("two")
     procs = _launch_all(configs / "run.yaml", folder / "runs", folder / "scratch",
-                        _free_ports(2))
+                        launch.free_local_ports(2))
     codes, outputs = _wait(procs)
     assert codes == [0, 0], _show(outputs)
     return {"folder": folder, "outputs": outputs,
@@ -252,7 +243,7 @@ def _kill_after_checkpoint(procs, runs, victim, step):
 def test_a_killed_worker_stops_the_other_and_a_relaunch_resumes_to_the_same_weights(
         victim, configs, tmp_path, two_workers):
     runs, scratch = tmp_path / "runs", tmp_path / "scratch"
-    procs = _launch_all(configs / "run.yaml", runs, scratch, _free_ports(2))
+    procs = _launch_all(configs / "run.yaml", runs, scratch, launch.free_local_ports(2))
     # The chief is killed once there are two checkpoints: the newest is then cut short.
     code, output, seconds = _kill_after_checkpoint(procs, runs, victim, 4 if victim else 8)
     # Fails with a message, not a hang (no collective timeout is set: a killed process's
@@ -276,7 +267,7 @@ def test_a_killed_worker_stops_the_other_and_a_relaunch_resumes_to_the_same_weig
             if name.startswith(os.path.basename(newest) + ".data"):
                 with open(str(runs / "run" / "checkpoints" / name), "r+b") as f:
                     f.truncate(7)
-    relaunch = _launch_all(configs / "run.yaml", runs, scratch, _free_ports(2))
+    relaunch = _launch_all(configs / "run.yaml", runs, scratch, launch.free_local_ports(2))
     codes, outputs = _wait(relaunch)
     assert codes == [0, 0], _show(outputs)
     log = (runs / "run" / "train.log").read_text()
@@ -288,7 +279,7 @@ def test_a_killed_worker_stops_the_other_and_a_relaunch_resumes_to_the_same_weig
 def test_attnlab_stop_on_the_chief_stops_every_worker_at_one_step_and_relaunch_finishes(
         configs, tmp_path, two_workers, capsys):
     runs, scratch = tmp_path / "runs", tmp_path / "scratch"
-    procs = _launch_all(configs / "run.yaml", runs, scratch, _free_ports(2))
+    procs = _launch_all(configs / "run.yaml", runs, scratch, launch.free_local_ports(2))
     state = runs / "run" / "checkpoints" / "checkpoint"
     deadline = time.time() + 180
     while not (state.exists() and '"ckpt-4"' in state.read_text()):
@@ -305,6 +296,7 @@ def test_attnlab_stop_on_the_chief_stops_every_worker_at_one_step_and_relaunch_f
     capsys.readouterr()
     assert main(["runs", "--runs-dir", str(runs)]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["run", "stopped"]
-    codes, outputs = _wait(_launch_all(configs / "run.yaml", runs, scratch, _free_ports(2)))
+    relaunch = _launch_all(configs / "run.yaml", runs, scratch, launch.free_local_ports(2))
+    codes, outputs = _wait(relaunch)
     assert codes == [0, 0], _show(outputs)
     assert_same_weights(final_weights(runs / "run"), two_workers["weights"], rtol=1e-6)
