@@ -136,11 +136,11 @@ def print_header(name, args):
     print("TensorFlow %s, Python %s, %d intra-op threads, warm-up %d, repeats %d%s; %s"
           % (tf.__version__, platform.python_version(), args.threads, args.warmup,
              args.repeats, ", SMOKE sizes" if args.smoke else "", load_line()), flush=True)
-    from attnlab.ops.softmax_kernel import attention_normalization
+    from attnlab.ops.kernels import default_attention_impl, default_normalization
 
-    # Full and chunked attention take a different path on a TF whose CPU softmax is slow.
-    print("attention weights normalized by: %s (attnlab.ops.softmax_kernel)"
-          % attention_normalization(), flush=True)
+    # The layers' default kernel depends on the TensorFlow version (its CPU softmax).
+    print("default attention kernel: %s, normalized by %s (attnlab.ops.kernels)"
+          % (default_attention_impl(), default_normalization()), flush=True)
 
 
 # --- memory ------------------------------------------------------------------------------

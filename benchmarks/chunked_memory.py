@@ -59,16 +59,21 @@ def _sizes(smoke):
 def make_step(tf, impl, chunk):
     """tf.function computing attention and the gradients of sum(out * upstream)."""
     from attnlab.ops.chunked import chunked_attention
+    from attnlab.ops.full import full_attention
+    from attnlab.ops.kernels import default_normalization
     from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
+
+    normalization = default_normalization()  # the layers' default (printed in the header)
 
     def attend(q, k, v):
         if impl == "full":
-            return scaled_dot_product_attention(q, k, v)
+            return full_attention(q, k, v, normalization=normalization)
         if impl == "autodiff":
-            # Asking for the weights takes the generic path: TensorFlow's autodiff of
-            # softmax(q k^T) v, the textbook full attention.
-            return scaled_dot_product_attention(q, k, v, return_weights=True)[0]
-        return chunked_attention(q, k, v, query_chunk_size=chunk, key_chunk_size=chunk)
+            # The plain reference: TensorFlow's autodiff of softmax(q k^T) v, the textbook
+            # full attention.
+            return scaled_dot_product_attention(q, k, v)
+        return chunked_attention(q, k, v, query_chunk_size=chunk, key_chunk_size=chunk,
+                                 normalization=normalization)
 
     @tf.function
     def step(q, k, v, upstream):
@@ -233,7 +238,7 @@ def main(argv=None):
                     "chunked / autodiff full"],
                    [["L=%d" % sizes["time_length"], chunked_t, full_t, "%.2fx" % time_ratio,
                      autodiff_t, "%.2fx" % (chunked_t.median / autodiff_t.median)]])
-    print("\n`full` is attnlab's scaled_dot_product_attention with its own gradient (the "
+    print("\n`full` is attnlab's full_attention kernel with its own gradient (the "
           "target's reference); `autodiff` the same op asked for its weights, which takes "
           "TensorFlow's generic softmax gradient.")
 

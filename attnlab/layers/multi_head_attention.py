@@ -1,5 +1,5 @@
 """Multi-head attention with the public API of tf.keras.layers.MultiHeadAttention, a choice
-of attention kernel (full, chunked, local) and a KV cache for incremental decoding."""
+of attention kernel (`attnlab.ops.kernels`) and a KV cache for incremental decoding."""
 import contextlib
 import math
 
@@ -7,13 +7,16 @@ import tensorflow as tf
 
 from attnlab.layers.attention_layout import AttentionLayout, projection_equation
 from attnlab.layers.kv_cache import empty_cache, update_cache
-from attnlab.ops.chunked import chunked_attention
-from attnlab.ops.local import local_attention
+from attnlab.ops.kernels import (
+    FULL_KERNELS,
+    attention_kernel,
+    check_attention_impl,
+    resolve_attention_impl,
+)
 from attnlab.ops.masks import align_mask, band_mask, causal_mask, combine_masks
-from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
+from attnlab.ops.scaled_dot_product import scaled_dot_product_attention, static_training
 from attnlab.ops.validation import check_floating, check_positive_int, check_rate, shape_str
 
-ATTENTION_IMPLS = ("full", "chunked", "local")
 # Exported as experimental in TF 2.9, also under tf.keras.layers from TF 2.10 on.
 EinsumDense = getattr(tf.keras.layers, "EinsumDense", None) or \
     tf.keras.layers.experimental.EinsumDense
@@ -82,7 +85,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         num_heads: H.
         key_dim: dk, depth of each head's queries and keys.
         value_dim: dv, depth of each head's values (default dk).
-        dropout: dropout rate on the attention weights during training ("full" only).
+        dropout: dropout rate on the attention weights during training (full kernels only).
         use_bias: add biases to the four projections.
         output_shape: depth of the output, an int or a shape such as (3, 2) (the output is
             then (B, T, 3, 2)); default: the query depth D. `output_dim`, its name before
@@ -91,11 +94,13 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             but the batch and the depth); the other axes are independent, like the batch.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         activity_regularizer, kernel_constraint, bias_constraint: as in Keras Dense.
-        attention_impl: "full" (materializes the (B, H, T, S) weights), "chunked"
-            (attnlab.ops.chunked, memory-efficient) or "local" (attnlab.ops.local, each
-            query sees keys within `window` positions; one attention axis).
+        attention_impl: the attention kernel (`attnlab.ops.kernels`): "auto" (the default:
+            `default_attention_impl()`), "full" or "full_exp" (materialize the (B, H, T, S)
+            weights), "chunked" or "chunked_exp" (memory-efficient) or "local" (each query
+            sees keys within `window` positions; one attention axis).
         window: the local window; required for "local".
-        chunk_size: query and key chunk size of "chunked" (default: chunked_attention's).
+        chunk_size: query and key chunk size of the chunked kernels (default:
+            chunked_attention's).
         **kwargs: base Layer arguments (name, dtype, ...).
 
     Call arguments:
@@ -106,7 +111,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             broadcasts to it after the missing axes are added in front of the query axes, as
             in Keras (True = may attend). Keras masks on query (B, T) and value/key (B, S)
             are combined in.
-        return_attention_scores: also return the weights (B, H, T, S) ("full" only).
+        return_attention_scores: also return the weights (B, H, T, S) (full kernels only;
+            they are then computed by `scaled_dot_product_attention`, the reference).
         training: dropout switch.
         use_causal_mask: Keras's causal mask: query i sees keys j <= i.
         causal: attnlab's causal mask, aligned so the last query sees the last key.
@@ -137,7 +143,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                  output_shape=None, attention_axes=None, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
-                 attention_impl="full", window=None, chunk_size=None, **kwargs):
+                 attention_impl="auto", window=None, chunk_size=None, **kwargs):
         output_dim = kwargs.pop("output_dim", None)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.num_heads = check_positive_int("num_heads", num_heads)
@@ -160,20 +166,16 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             raise TypeError("attention_axes must be an int or a sequence of ints, got %r"
                             % (attention_axes,))
         self._attention_axes = None if attention_axes is None else tuple(attention_axes)
-        if attention_impl not in ATTENTION_IMPLS:
-            raise ValueError("attention_impl must be one of %s, got %r"
-                             % (", ".join(ATTENTION_IMPLS), attention_impl))
-        self.attention_impl = attention_impl
-        if attention_impl == "local" and window is None:
-            raise ValueError("attention_impl='local' needs a window (a positive integer), "
-                             "got window=None")
+        self.attention_impl = check_attention_impl(attention_impl, window)
         self.window = None if window is None else check_positive_int("window", window)
         self.chunk_size = None if chunk_size is None else check_positive_int(
             "chunk_size", chunk_size)
-        if attention_impl != "full" and self.dropout > 0.0:
-            raise ValueError("dropout=%r needs attention_impl='full': %r attention never "
-                             "materializes the weights dropout applies to"
-                             % (dropout, attention_impl))
+        self._kernel_name = resolve_attention_impl(attention_impl)
+        self._kernel = attention_kernel(self._kernel_name, self.window, self.chunk_size)
+        if self._kernel_name not in FULL_KERNELS and self.dropout > 0.0:
+            raise ValueError("dropout=%r needs a full kernel (attention_impl 'auto', 'full' or "
+                             "'full_exp'): %r attention never materializes the weights "
+                             "dropout applies to" % (dropout, attention_impl))
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
         self.bias_initializer = tf.keras.initializers.get(bias_initializer)
         self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
@@ -410,9 +412,10 @@ class MultiHeadAttention(tf.keras.layers.Layer):
     def _check_call_options(self, query, value, return_scores, use_causal_mask, causal,
                             use_cache, cache_update_index):
         layout = self._layout
-        if return_scores and self.attention_impl != "full":
-            raise ValueError("return_attention_scores=True needs attention_impl='full'; %r "
-                             "attention does not compute the weights" % self.attention_impl)
+        if return_scores and self._kernel_name not in FULL_KERNELS:
+            raise ValueError("return_attention_scores=True needs a full kernel "
+                             "(attention_impl 'auto', 'full' or 'full_exp'); %r attention "
+                             "does not compute the weights" % self.attention_impl)
         if use_causal_mask and causal:
             raise ValueError("use_causal_mask=True (Keras: query i sees keys j <= i) and "
                              "causal=True (keys j <= i + S - T) are two alignments of one "
@@ -420,7 +423,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         if (use_causal_mask or causal) and len(layout.attention_axes) != 1:
             raise ValueError("a causal mask needs one attention axis, got attention_axes=%r"
                              % (layout.attention_axes,))
-        if self.attention_impl == "local" and len(layout.attention_axes) != 1:
+        if self._kernel_name == "local" and len(layout.attention_axes) != 1:
             raise ValueError("attention_impl='local' needs one attention axis, got "
                              "attention_axes=%r" % (layout.attention_axes,))
         if use_cache and not layout.is_sequence:
@@ -430,7 +433,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             raise ValueError("use_causal_mask=True with a cache: the cache_update_index "
                              "already makes cached attention causal")
         axis = layout.attention_axes[0]
-        if self.attention_impl == "local" and not use_cache and \
+        if self._kernel_name == "local" and not use_cache and \
                 not query.shape[axis:axis + 1].is_compatible_with(value.shape[axis:axis + 1]):
             raise ValueError("attention_impl='local' is self-attention: query and value need "
                              "the same length, got query %s and value %s"
@@ -563,42 +566,34 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         if attention_mask is not None:
             mask = layout.mask_heads_first(attention_mask, query, key, self.num_heads)
         output, scores = self._attend(q, k, v, mask, False, None, training, False,
-                                      self.attention_impl == "full")
+                                      self._kernel_name in FULL_KERNELS)
         if scores is not None:
             scores = layout.scores_from_heads_first(scores, query, key)
         return layout.from_heads_first(output, query), scores
 
     def _attend(self, q, k, v, mask, causal, offset, training, use_cache, return_scores):
         """(B, H, T, dk), (B, H, S, dk), (B, H, S, dv) -> (B, H, T, dv) output and weights
-        (None unless `return_scores`: without the weights the attention gradient is
-        cheaper). Queries are already scaled; `offset` aligns the causal mask."""
-        impl = self.attention_impl
-        query_length, key_length = tf.shape(q)[2], tf.shape(k)[2]
-        if impl == "local" and use_cache:
+        (None unless `return_scores`). Queries are already scaled; `offset` aligns the
+        causal mask. The layer's kernel computes the output; the weights and dropout on them
+        come from the reference, `scaled_dot_product_attention`."""
+        kernel, kernel_name = self._kernel, self._kernel_name
+        if kernel_name == "local" and use_cache:
             # A decoding step attends over the cache anyway: the band mask at the queries'
             # absolute positions gives local attention exactly, without equal lengths.
-            band = band_mask(query_length, key_length, window=self.window, causal=True,
+            band = band_mask(tf.shape(q)[2], tf.shape(k)[2], window=self.window, causal=True,
                              offset=offset)
             mask = combine_masks(mask, band[tf.newaxis, tf.newaxis])
-            impl = "full"
-        if impl == "full":
-            if causal:
-                mask = combine_masks(mask, causal_mask(query_length, key_length, offset)[
-                    tf.newaxis, tf.newaxis])
-            if not return_scores:
-                return scaled_dot_product_attention(
-                    q, k, v, mask=mask, scale=1.0, dropout_rate=self.dropout,
-                    training=training), None
-            return scaled_dot_product_attention(
-                q, k, v, mask=mask, scale=1.0, dropout_rate=self.dropout, training=training,
-                return_weights=True)
-        if impl == "chunked":
-            sizes = {} if self.chunk_size is None else dict(
-                query_chunk_size=self.chunk_size, key_chunk_size=self.chunk_size)
-            return chunked_attention(q, k, v, mask=mask, causal=causal, scale=1.0,
-                                     causal_offset=offset, **sizes), None
-        return local_attention(q, k, v, self.window, causal=causal, mask=mask,
-                               scale=1.0), None
+            kernel = attention_kernel("auto")
+        dropout = self.dropout > 0.0 and static_training(training) is not False
+        if not (return_scores or dropout):
+            return kernel(q, k, v, mask=mask, causal=causal, offset=offset), None
+        if causal:
+            mask = combine_masks(mask, causal_mask(tf.shape(q)[2], tf.shape(k)[2], offset)[
+                tf.newaxis, tf.newaxis])
+        result = scaled_dot_product_attention(q, k, v, mask=mask, scale=1.0,
+                                              dropout_rate=self.dropout, training=training,
+                                              return_weights=return_scores)
+        return result if return_scores else (result, None)
 
     def _check_cache(self, key_cache, value_cache):
         expected = (("key_cache", key_cache, self.key_dim), ("value_cache", value_cache,

@@ -180,7 +180,7 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
     def get_config(self):
         config = super().get_config()
         # The attention kernel choice is an encoder-block argument only: the decoder's
-        # attention is always "full".
+        # attention always takes the default ("auto": a full kernel).
         for name in ("attention_impl", "window", "chunk_size"):
             config.pop(name)
         config["use_cross_attention"] = self.use_cross_attention

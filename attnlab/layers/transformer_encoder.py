@@ -2,7 +2,8 @@
 wrapped in a residual connection and LayerNorm (post-norm as in the paper, or pre-norm)."""
 import tensorflow as tf
 
-from attnlab.layers.multi_head_attention import ATTENTION_IMPLS, MultiHeadAttention
+from attnlab.layers.multi_head_attention import MultiHeadAttention
+from attnlab.ops.kernels import FULL_KERNELS, check_attention_impl, resolve_attention_impl
 from attnlab.ops.masks import combine_masks
 from attnlab.ops.validation import check_floating, check_positive_int, check_rate
 
@@ -79,10 +80,11 @@ class TransformerEncoderBlock(tf.keras.layers.Layer):
         norm_first: pre-norm instead of post-norm.
         activation: feed-forward activation (name or callable).
         layer_norm_epsilon: epsilon of the LayerNorms.
-        attention_impl: "full", "chunked" or "local" (see MultiHeadAttention); with
-            "chunked"/"local" the attention weights get no dropout.
+        attention_impl: the attention kernel, "auto" by default (see MultiHeadAttention and
+            `attnlab.ops.kernels`); with the chunked and local kernels the attention
+            weights get no dropout.
         window: window of "local" attention.
-        chunk_size: chunk size of "chunked" attention.
+        chunk_size: chunk size of the chunked kernels.
         kernel_initializer: initializer of every kernel.
         bias_initializer: initializer of every bias.
         **kwargs: base Layer arguments.
@@ -92,7 +94,7 @@ class TransformerEncoderBlock(tf.keras.layers.Layer):
         attention_mask: optional mask broadcastable to (B, T, T); True = may attend.
         mask: (B, T) Keras padding mask (passed automatically, e.g. from
             Embedding(mask_zero=True)); padded tokens are hidden as keys.
-        return_attention_scores: also return {"self": (B, H, T, T)} ("full" only).
+        return_attention_scores: also return {"self": (B, H, T, T)} (full kernels only).
         training: dropout switch.
 
     Returns:
@@ -105,7 +107,7 @@ class TransformerEncoderBlock(tf.keras.layers.Layer):
     """
 
     def __init__(self, num_heads, intermediate_dim, dropout=0.0, norm_first=False,
-                 activation="relu", layer_norm_epsilon=1e-5, attention_impl="full",
+                 activation="relu", layer_norm_epsilon=1e-5, attention_impl="auto",
                  window=None, chunk_size=None, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
@@ -115,13 +117,7 @@ class TransformerEncoderBlock(tf.keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.norm_first = norm_first
         self.layer_norm_epsilon = layer_norm_epsilon
-        if attention_impl not in ATTENTION_IMPLS:
-            raise ValueError("attention_impl must be one of %s, got %r"
-                             % (", ".join(ATTENTION_IMPLS), attention_impl))
-        if attention_impl == "local" and window is None:
-            raise ValueError("attention_impl='local' needs a window (a positive integer), "
-                             "got window=None")
-        self.attention_impl = attention_impl
+        self.attention_impl = check_attention_impl(attention_impl, window)
         self.window = None if window is None else check_positive_int("window", window)
         self.chunk_size = None if chunk_size is None else check_positive_int(
             "chunk_size", chunk_size)
@@ -141,7 +137,8 @@ class TransformerEncoderBlock(tf.keras.layers.Layer):
         shape = tf.TensorShape([None, None, depth])
         self.self_attention = MultiHeadAttention(
             self.num_heads, depth // self.num_heads,
-            dropout=self.dropout if self.attention_impl == "full" else 0.0,
+            dropout=self.dropout if resolve_attention_impl(self.attention_impl) in FULL_KERNELS
+            else 0.0,
             attention_impl=self.attention_impl, window=self.window, chunk_size=self.chunk_size,
             kernel_initializer=_clone(self.kernel_initializer),
             bias_initializer=_clone(self.bias_initializer), dtype=self._dtype_policy,

@@ -7,6 +7,8 @@ nothing but tracing time and memory (12 MiB of the peak RSS of a chunked attenti
 about a tenth of it at L=8192; `benchmarks/chunked_memory.py`).
 """
 from attnlab.ops.chunked import chunked_attention
+from attnlab.ops.full import full_attention
+from attnlab.ops.kernels import KERNELS, attention_kernel, default_attention_impl
 from attnlab.ops.local import local_attention
 from attnlab.ops.masked_softmax import mask_value, masked_softmax
 from attnlab.ops.masks import (
@@ -19,11 +21,15 @@ from attnlab.ops.masks import (
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
 
 __all__ = [
+    "KERNELS",
+    "attention_kernel",
     "align_mask",
     "band_mask",
     "causal_mask",
     "chunked_attention",
     "combine_masks",
+    "default_attention_impl",
+    "full_attention",
     "local_attention",
     "mask_value",
     "masked_softmax",

@@ -2,136 +2,45 @@
 
 "Self-attention does not need O(n^2) memory" (Rabe & Staats 2021): the keys are visited
 chunk by chunk, and each block's own softmax average of the values is merged into a running
-one by softmax mass (the log-sum-exp of the block's scores), which keeps the softmax exact.
-The gradient is written by hand, as in FlashAttention (Dao et al. 2022): the forward pass
-keeps only the output and, for each query and key chunk, the share of the query's softmax
-mass in that chunk (T * S / chunk scalars); the backward pass recomputes every (query
-chunk, key chunk) score block exactly once, takes its weights from the block's own softmax
-times that share, and accumulates dQ, dK and dV. Neither pass ever holds a (T, S) score
-matrix, and no block is computed more than twice in all (autodiff with recomputation would
-compute each one three times). Chunks live in TensorArrays, so that writing or re-reading
-one costs O(chunk), not O(sequence).
+one by softmax mass (the log-sum-exp of the block's scores, `_merge`), which keeps the
+softmax exact. The gradient is written by hand, as in FlashAttention (Dao et al. 2022): the
+forward pass keeps only the output and, for each query and key chunk, the share of the
+query's softmax mass in that chunk (T * S / chunk scalars); the backward pass recomputes
+every (query chunk, key chunk) score block exactly once, takes its weights from the block's
+own softmax times that share, and accumulates dQ, dK and dV. Neither pass ever holds a
+(T, S) score matrix, and no block is computed more than twice in all (autodiff with
+recomputation would compute each one three times).
 
-Where TensorFlow's CPU softmax is its generic kernel (`softmax_kernel`), float32/float64
-attention goes through exp and row sums instead: every block's exp(s - s0) shares one
-shift per query (its score against key 0), so the blocks' E [v, 1] products simply add
-up, with no rescaling and one normalization per query chunk at the end, and the backward
-pass takes its weights as exp(s - lse) from one exp, keeping one scalar per query.
+`normalization="exp"` (the "chunked_exp" kernel, faster where TensorFlow's CPU softmax is
+its generic kernel) goes through exp and row sums instead, in float32/float64: every block's
+exp(s - s0) shares one shift per query (its score against key 0), so the blocks' E [v, 1]
+products simply add up, with no rescaling and one normalization per query chunk at the end,
+and the backward pass takes its weights as exp(s - lse) from one exp, keeping one scalar per
+query.
+
+Chunk sizes, padding and per-block masks are `chunk_plan.ChunkPlan`'s.
 """
 import numpy as np
 import tensorflow as tf
 
+from attnlab.ops.chunk_plan import (
+    ChunkPlan,
+    chunk,
+    chunk_array,
+    sequence,
+    split,
+    transposed_zeros,
+    with_column,
+    with_ones_column,
+)
+from attnlab.ops.full import EXP_ROW_SUM_LIMIT, check_normalization
 from attnlab.ops.masked_softmax import mask_value, softmax_dtype
 from attnlab.ops.masks import align_mask
-from attnlab.ops.scaled_dot_product import EXP_ROW_SUM_LIMIT, default_scale
-from attnlab.ops.softmax_kernel import attention_normalization
+from attnlab.ops.scaled_dot_product import resolve_scale
 from attnlab.ops.validation import check_positive_int, check_query_key_value, shape_str
 
 
-def _length(x, axis):
-    """Static length along `axis` when known, else a scalar tensor."""
-    static = x.shape[axis]
-    return static if static is not None else tf.shape(x)[axis]
-
-
-def _clip(chunk_size, length):
-    """Chunk size clipped to the length (a Python int when the length is static)."""
-    if isinstance(length, int):
-        return min(chunk_size, length)
-    return tf.minimum(chunk_size, length)
-
-
-def _pad_length(x, amount, rank):
-    """Zero-pad axis -2 (the sequence) at the end by `amount`; no copy when it is 0."""
-    if isinstance(amount, int) and amount == 0:
-        return x
-    return tf.pad(x, [[0, 0]] * (rank - 2) + [[0, amount], [0, 0]])
-
-
-def _chunk(x, index, size):
-    """Rows [index * size, (index + 1) * size) of axis -2, with as static a shape as `x`."""
-    rank, shape = x.shape.rank, tf.shape(x)
-    # tf.slice with explicit sizes (not x[..., a:b, :]) so that XLA sees a static size.
-    begin = tf.concat([tf.zeros([rank - 2], tf.int32), [index * size, 0]], axis=0)
-    chunk = tf.slice(x, begin, tf.concat([shape[:-2], [size, shape[-1]]], axis=0))
-    chunk.set_shape(x.shape[:-2].concatenate([size if isinstance(size, int) else None,
-                                              x.shape[-1]]))
-    return chunk
-
-
-def _chunk_array(num_chunks, dtype, fill=None):
-    """A TensorArray of `num_chunks` chunks; with `fill`, every element starts as `fill`.
-
-    Writing a chunk is O(chunk): the array holds references, where a tensor_scatter_nd
-    write into a (..., n, c, d) buffer copies the whole buffer on every call.
-    """
-    chunks = tf.TensorArray(dtype, size=num_chunks, clear_after_read=False,
-                            element_shape=None if fill is None else fill.shape)
-    if fill is None:
-        return chunks
-    # Every element refers to the same `fill` tensor: updates replace it, never write to it.
-    return tf.while_loop(lambda index, _: index < num_chunks,
-                         lambda index, chunks: (index + 1, chunks.write(index, fill)),
-                         (0, chunks))[1]
-
-
-def _split(x, num_chunks, chunk_size, ones_column=False):
-    """TensorArray of the `num_chunks` chunks of `x` along axis -2, each sliced once; with
-    `ones_column`, each chunk is [chunk, 1] (a column of ones appended).
-
-    A loop reading the same chunk many times reads it from here without a copy, where a
-    slice of `x` copies it every time (the chunks are one copy of `x` in all).
-    """
-    depth = x.shape[-1]
-    if ones_column and depth is not None:
-        depth += 1
-    shape = x.shape[:-2].concatenate([chunk_size if isinstance(chunk_size, int) else None,
-                                      depth])
-
-    def chunk(index):
-        part = _chunk(x, index, chunk_size)
-        return _with_column(part, tf.ones_like(part[..., :1])) if ones_column else part
-
-    chunks = tf.TensorArray(x.dtype, size=num_chunks, clear_after_read=False,
-                            element_shape=shape)
-    return tf.while_loop(
-        lambda index, _: index < num_chunks,
-        lambda index, chunks: (index + 1, chunks.write(index, chunk(index))),
-        (0, chunks))[1]
-
-
-def _sequence(chunks, num_chunks, length):
-    """The array's (..., c, d) chunks joined along axis -2 into (..., length, d).
-
-    A known number of chunks is joined by one concat (a single chunk with no copy); an
-    unknown one is stacked to (n, ..., c, d) and moved into place by a transpose.
-    """
-    if isinstance(num_chunks, int):
-        parts = [chunks.read(index) for index in range(num_chunks)]
-        x = parts[0] if num_chunks == 1 else tf.concat(parts, axis=-2)
-    else:
-        stacked = chunks.stack()
-        rank = stacked.shape.rank
-        x = tf.transpose(stacked, list(range(1, rank - 2)) + [0, rank - 2, rank - 1])
-        shape = tf.shape(x)
-        x = tf.reshape(x, tf.concat([shape[:-3], [shape[-3] * shape[-2], shape[-1]]], 0))
-    if isinstance(length, int) and x.shape[-2] == length:
-        return x
-    return x[..., :length, :]
-
-
-def _slice_axis(mask, positions, axis):
-    """Rows (or columns) `positions` of a mask axis that is not broadcast (size != 1).
-
-    Positions past the end (padding) are clamped to the last index; they belong to padded
-    queries, whose output is dropped, or padded keys, which the key-validity mask hides.
-    """
-    if mask.shape[axis] == 1:
-        return mask
-    last = tf.shape(mask)[axis] - 1
-    return tf.gather(mask, tf.minimum(positions, last), axis=axis)
-
-
+# ------------------------------------------------------------------ one block
 def _block_scores(query, key, keep, acc_dtype):
     """q k^T of one block, masked scores replaced by the mask value."""
     scores = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype)
@@ -201,19 +110,6 @@ def _shifted_block(query_column, key_column, value_column, keep):
     return tf.matmul(weights, value_column)
 
 
-def _with_column(x, column):
-    """(..., n, d) -> (..., n, d + 1): `x` with `column` (..., n, 1) appended."""
-    return tf.concat([x, tf.cast(column, x.dtype)], axis=-1)
-
-
-def _transposed_zeros(x, dtype):
-    """Zeros of the shape of x^T, (..., d, n) for x of shape (..., n, d)."""
-    shape = tf.shape(x)
-    zeros = tf.zeros(tf.concat([shape[:-2], shape[-1:], shape[-2:-1]], axis=0), dtype)
-    zeros.set_shape(x.shape[:-2].concatenate([x.shape[-1], x.shape[-2]]))
-    return zeros
-
-
 def _block_weights(query, key, keep, acc_dtype):
     """softmax(q k^T) over this block's keys alone, masked as in `_block_attention`."""
     return tf.nn.softmax(_block_scores(query, key, keep, acc_dtype))
@@ -239,7 +135,7 @@ def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
     fold = dtype == acc_dtype  # half precision: the offset is applied in float32
     weights = _block_weights(query, key, keep, acc_dtype)
     if fold:
-        d_out = _with_column(d_out, -delta)
+        d_out = with_column(d_out, -delta)
     d_out = d_out * tf.cast(ratio, dtype)
     d_value_t = tf.cast(tf.matmul(d_out, tf.cast(weights, dtype), transpose_a=True), acc_dtype)
     d_shifted = tf.cast(tf.matmul(d_out, value, transpose_b=True), acc_dtype)
@@ -257,7 +153,7 @@ def _chunk_gradients_exp(query, key, key_column, value, d_out, lse, keep):
     score matmul (`key_column` is [k, 1]). `value` is [V, 1] and `d_out` [dO, -delta], as
     there; lse is the query's log-sum-exp over all keys, so p <= 1. dK and dV are returned
     transposed."""
-    scores = tf.matmul(_with_column(query, -lse), key_column, transpose_b=True)
+    scores = tf.matmul(with_column(query, -lse), key_column, transpose_b=True)
     if keep is not None:
         scores = tf.where(keep, scores, mask_value(scores.dtype))
     weights = tf.exp(scores)
@@ -283,14 +179,224 @@ def _first_order_only(*grads):
     return [tf.identity(g) for g in grads], second_order
 
 
+# ------------------------------------------------------------------ forward
+def _merge(out, lse, block_out, block_lse):
+    """The online-softmax merge: two softmax averages of the values, over disjoint key sets
+    with log-sum-exp masses `lse` and `block_lse`, give the average over both key sets
+    (weighted by their masses exp(lse), taken relative to the larger) and its mass."""
+    top = tf.maximum(lse, block_lse)
+    mass, block_mass = tf.exp(lse - top), tf.exp(block_lse - top)
+    total = mass + block_mass
+    return out * (mass / total) + block_out * (block_mass / total), top + tf.math.log(total)
+
+
+def _scaled_query_chunk(plan, q, q_index, chunk_scale):
+    q_i = chunk(q, q_index, plan.q_chunk)
+    return q_i if chunk_scale is None else q_i * tf.cast(chunk_scale, q.dtype)
+
+
+def _merged_key_chunks(plan, q_i, q_index, read_key, read_value, acc_dtype):
+    """Output, lse and the per-block lse of one query chunk: each key chunk's block is
+    normalized by its own softmax and merged into the running average (`_merge`)."""
+    no_mass = tf.fill(tf.concat([tf.shape(q_i)[:-1], [1]], 0), mask_value(acc_dtype))
+
+    def key_step(k_index, out, lse, block_lses):
+        block_out, block_lse = _block_attention(q_i, read_key(k_index), read_value(k_index),
+                                                plan.keep(q_index, k_index), acc_dtype)
+        out, lse = _merge(out, lse, block_out, block_lse)
+        return k_index + 1, out, lse, block_lses.write(k_index, block_lse)
+
+    value_depth = tf.shape(read_value(0))[-1:]
+    init = (tf.constant(0), tf.zeros(tf.concat([tf.shape(q_i)[:-1], value_depth], 0),
+                                     acc_dtype),
+            no_mass, chunk_array(plan.num_k, acc_dtype, fill=no_mass))
+    needed = plan.key_chunks_needed(q_index)
+    # One iteration at a time: with the default 10 the executor starts the score matmuls
+    # of later chunks early and holds up to 10 (chunk x chunk) blocks.
+    _, out, lse, block_lses = tf.while_loop(lambda k_index, *_: k_index < needed, key_step,
+                                            init, parallel_iterations=1)
+    # Rows that saw no key kept the mask value as lse (adding log 2 to it rounds away) and
+    # a zero output; an lse of 0 makes all of their ratios exp(mask value) = 0.
+    lse = tf.where(lse > 0.5 * mask_value(acc_dtype), lse, 0)
+    return out, lse, block_lses
+
+
+def _shifted_key_chunks(plan, q_i, q_index, first_key, key_columns, value_columns):
+    """Output and lse of one query chunk through exp and row sums, and whether every row
+    sum fits (`full.key0_shifted_exp` on the whole key sequence): E = exp(s - s0), s0 the
+    query's score against key 0, summed block by block with no rescaling, normalized once
+    at the end. `key_columns` and `value_columns` hold the [k, 1] and [v, 1] chunks."""
+    first = tf.matmul(q_i, first_key, transpose_b=True)
+    query_column = with_column(q_i, -first)
+
+    def key_step(k_index, total):
+        return k_index + 1, total + _shifted_block(
+            query_column, key_columns.read(k_index), value_columns.read(k_index),
+            plan.keep(q_index, k_index))
+
+    depth = value_columns.element_shape[-1]  # static where v's depth is
+    column_depth = [depth] if depth is not None else tf.shape(value_columns.read(0))[-1:]
+    init = (tf.constant(0), tf.zeros(tf.concat([tf.shape(q_i)[:-1], column_depth], 0),
+                                     q_i.dtype))
+    needed = plan.key_chunks_needed(q_index)
+    _, total = tf.while_loop(lambda k_index, *_: k_index < needed, key_step, init,
+                             parallel_iterations=1)
+    row_sum = total[..., -1:]
+    fits = tf.reduce_all((row_sum >= 1.0) & (row_sum <= EXP_ROW_SUM_LIMIT))
+    return total[..., :-1] / row_sum, first + tf.math.log(row_sum), fits
+
+
+def _forward(plan, q, k, v, chunk_scale, acc_dtype):
+    """Output (..., T, dv) and each block's weight ratio (num_q, num_k, ..., c, 1).
+
+    The ratio r = exp(lse_block - lse) of a query's softmax mass inside one key chunk
+    lets the backward pass rebuild exact weights from the block's own softmax; blocks the
+    forward pass skips (causal) keep r = 0.
+    """
+    # Every query chunk reads every key chunk: slice them once.
+    keys, values = (split(plan.pad_keys(x), plan.num_k, plan.k_chunk) for x in (k, v))
+
+    def attend_query_chunk(q_i, q_index):
+        out, lse, block_lses = _merged_key_chunks(plan, q_i, q_index, keys.read, values.read,
+                                                  acc_dtype)
+        return out, tf.exp(block_lses.stack() - lse)
+
+    return _over_query_chunks(plan, q, chunk_scale, attend_query_chunk, acc_dtype)
+
+
+def _forward_exp(plan, q, k, v, chunk_scale, acc_dtype):
+    """Output (..., T, dv) and each query's log-sum-exp (num_q, ..., c, 1), through exp and
+    row sums; a query chunk whose row sums do not fit (key 0 hidden or far below another
+    key, a row with nothing visible, NaN) is computed again block by block."""
+    k, v = plan.pad_keys(k), plan.pad_keys(v)
+    first_key = k[..., :1, :]
+    key_columns, value_columns = (split(x, plan.num_k, plan.k_chunk, ones_column=True)
+                                  for x in (k, v))
+
+    def attend_query_chunk(q_i, q_index):
+        out, lse, fits = _shifted_key_chunks(plan, q_i, q_index, first_key, key_columns,
+                                             value_columns)
+        return tf.cond(fits, lambda: (out, lse), lambda: _merged_key_chunks(
+            plan, q_i, q_index, lambda i: key_columns.read(i)[..., :-1],
+            lambda i: value_columns.read(i)[..., :-1], acc_dtype)[:2])
+
+    return _over_query_chunks(plan, q, chunk_scale, attend_query_chunk, acc_dtype)
+
+
+def _over_query_chunks(plan, q, chunk_scale, attend_query_chunk, acc_dtype):
+    """Runs `attend_query_chunk(q_i, q_index) -> (out, saved)` over the query chunks one at
+    a time; returns the joined output (..., T, dv) and the stacked `saved` tensors."""
+    q = plan.pad_queries(q)
+
+    def query_step(q_index, outputs, saved):
+        out, kept = attend_query_chunk(_scaled_query_chunk(plan, q, q_index, chunk_scale),
+                                       q_index)
+        return (q_index + 1, outputs.write(q_index, tf.cast(out, q.dtype)),
+                saved.write(q_index, kept))
+
+    init = (0, chunk_array(plan.num_q, q.dtype), chunk_array(plan.num_q, acc_dtype))
+    _, outputs, saved = tf.while_loop(lambda q_index, *_: q_index < plan.num_q, query_step,
+                                      init, parallel_iterations=1)
+    return sequence(outputs, plan.num_q, plan.t), saved.stack()
+
+
+# ------------------------------------------------------------------ backward
+def _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp, acc_dtype):
+    """dQ, dK, dV: key chunks outer (dK, dV accumulate per chunk), queries inner.
+
+    `saved` is what the forward pass kept: the block ratios, or each query's lse with
+    `via_exp`.
+    """
+    dtype = q.dtype
+    d_out = tf.cast(d_out, dtype)
+    delta = tf.reduce_sum(tf.cast(d_out, acc_dtype) * tf.cast(out, acc_dtype), axis=-1,
+                          keepdims=True)
+    # Padded queries get zero upstream gradient: they contribute nothing.
+    q, d_out, delta = (plan.pad_queries(x) for x in (q, d_out, delta))
+    k, v = plan.pad_keys(k), plan.pad_keys(v)
+    fold = dtype == acc_dtype  # the delta offset rides in the matmuls (`_chunk_gradients`)
+
+    def block_gradients(q_index, k_index, k_j, k_column, v_j):
+        keep = plan.keep(q_index, k_index)
+        q_i, d_out_i, delta_i = (chunk(x, q_index, plan.q_chunk) for x in (q, d_out, delta))
+        if via_exp:
+            return _chunk_gradients_exp(q_i, k_j, k_column, v_j, with_column(d_out_i, -delta_i),
+                                        saved[q_index], keep)
+        return _chunk_gradients(q_i, k_j, v_j, d_out_i, delta_i, saved[q_index, k_index],
+                                keep, acc_dtype)
+
+    def key_step(k_index, d_query, d_keys, d_values):
+        # The scale rides on the key chunk: s = q (c k)^T, dQ = dS (c k), dK = c dS^T q.
+        k_j = chunk(k, k_index, plan.k_chunk)
+        if chunk_scale is not None:
+            k_j = k_j * tf.cast(chunk_scale, dtype)
+        v_j = chunk(v, k_index, plan.k_chunk)
+        if fold:
+            v_j = with_ones_column(v_j)
+        k_column = with_ones_column(k_j) if via_exp else None
+
+        def query_step(q_index, d_query, d_key_t, d_value_t):
+            dq, dk_t, dv_t = block_gradients(q_index, k_index, k_j, k_column, v_j)
+            d_query = d_query.write(q_index, d_query.read(q_index) + dq)
+            return q_index + 1, d_query, d_key_t + dk_t, d_value_t + dv_t
+
+        init = (plan.first_query_chunk(k_index), d_query,
+                transposed_zeros(k_j, acc_dtype), transposed_zeros(v_j, acc_dtype))
+        _, d_query, d_key_t, d_value_t = tf.while_loop(
+            lambda q_index, *_: q_index < plan.num_q, query_step, init, parallel_iterations=1)
+        if chunk_scale is not None:
+            d_key_t = d_key_t * chunk_scale
+        if fold:
+            d_value_t = d_value_t[..., :-1, :]
+        d_key = tf.linalg.matrix_transpose(d_key_t)
+        d_value = tf.linalg.matrix_transpose(d_value_t)
+        return (k_index + 1, d_query, d_keys.write(k_index, tf.cast(d_key, dtype)),
+                d_values.write(k_index, tf.cast(d_value, dtype)))
+
+    # Query chunks that no key chunk reaches (causal) keep a zero gradient.
+    d_query = chunk_array(plan.num_q, acc_dtype,
+                          fill=tf.zeros_like(chunk(q, 0, plan.q_chunk), acc_dtype))
+    init = (0, d_query, chunk_array(plan.num_k, dtype), chunk_array(plan.num_k, dtype))
+    _, d_query, d_keys, d_values = tf.while_loop(
+        lambda k_index, *_: k_index < plan.num_k, key_step, init, parallel_iterations=1)
+    return (tf.cast(sequence(d_query, plan.num_q, plan.t), dtype),
+            sequence(d_keys, plan.num_k, plan.s), sequence(d_values, plan.num_k, plan.s))
+
+
+# ------------------------------------------------------------------ the op
+def _split_scale(query, scale):
+    """(query, chunk_scale): a constant scale is applied to each chunk inside the loops (no
+    scaled copy of the whole query, and none of its gradient), a tensor one to the query
+    here, so that it gets a gradient."""
+    scale = resolve_scale(scale, query)
+    if isinstance(scale, (int, float)):
+        return query, (None if scale == 1.0 else float(scale))
+    return query * tf.cast(scale, query.dtype), None
+
+
+def _check_inputs(query, key, value, mask):
+    """The inputs as tensors of known rank, and the mask aligned to the scores' rank."""
+    query, key, value = check_query_key_value(query, key, value)
+    if query.shape.rank is None or key.shape.rank is None or value.shape.rank is None:
+        raise ValueError("chunked_attention needs inputs of known rank, got query %s, key %s, "
+                         "value %s" % (shape_str(query), shape_str(key), shape_str(value)))
+    if mask is not None:
+        mask = align_mask(mask, query.shape[:-1].concatenate(key.shape[-2:-1]))
+        if mask.shape.rank is None:
+            raise ValueError("chunked_attention needs a mask of known rank, got %s"
+                             % shape_str(mask))
+    return query, key, value, mask
+
+
 # Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
 @tf.autograph.experimental.do_not_convert
 def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
-                      query_chunk_size=512, key_chunk_size=512, causal_offset=None):
+                      query_chunk_size=512, key_chunk_size=512, causal_offset=None,
+                      normalization="softmax"):
     """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.
 
     (Plus one scalar per query and key chunk, kept for the backward pass: 4 MiB at
-    B=1, H=8, L=8192 with chunks of 512; one per query with the exp formulation.)
+    B=1, H=8, L=8192 with chunks of 512; one per query with the exp normalization.)
 
     Queries are processed `query_chunk_size` at a time; for each query chunk the keys are
     visited `key_chunk_size` at a time, the blocks merged by their softmax mass; with
@@ -312,6 +418,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         key_chunk_size: keys per chunk (clipped to S).
         causal_offset: absolute position of the first query for `causal`; default S - T,
             so the last query sees the last key (as in `scaled_dot_product_attention`).
+        normalization: "softmax" (each block's `tf.nn.softmax`, merged by mass) or "exp"
+            (exp and row sums, see the module docstring; half precision keeps "softmax").
 
     Returns:
         (..., T, dv) with the dtype of `query`. Query rows with no visible key are zero.
@@ -323,257 +431,26 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         ...                   key_chunk_size=16).shape
         TensorShape([2, 4, 100, 8])
     """
-    query, key, value = check_query_key_value(query, key, value)
-    query_chunk_size = check_positive_int("query_chunk_size", query_chunk_size)
-    key_chunk_size = check_positive_int("key_chunk_size", key_chunk_size)
-    rank = query.shape.rank
-    if rank is None or key.shape.rank is None or value.shape.rank is None:
-        raise ValueError("chunked_attention needs inputs of known rank, got query %s, key %s, "
-                         "value %s" % (shape_str(query), shape_str(key), shape_str(value)))
-    dtype = query.dtype
-    acc_dtype = softmax_dtype(dtype)
-    # Where TensorFlow's CPU softmax is its generic kernel, the blocks normalize by exp
-    # and row sums instead (float32/float64; half precision keeps the float32 softmax).
-    via_exp = dtype == acc_dtype and attention_normalization() == "exp"
-
-    if scale is None:
-        depth = query.shape[-1]
-        scale = (default_scale(depth) if depth is not None
-                 else tf.math.rsqrt(tf.cast(tf.shape(query)[-1], tf.float32)))
-    # A constant scale is applied to each query chunk inside (no scaled copy of the whole
-    # query, and none of its gradient); a tensor one outside, so that it gets a gradient.
-    chunk_scale = None
-    if isinstance(scale, (int, float)):
-        chunk_scale = None if scale == 1.0 else float(scale)
-    else:
-        query = query * tf.cast(scale, dtype)
-
-    if mask is not None:
-        scores_shape = query.shape[:-1].concatenate(key.shape[-2:-1])
-        mask = align_mask(mask, scores_shape)
-        if mask.shape.rank is None:
-            raise ValueError("chunked_attention needs a mask of known rank, got %s"
-                             % shape_str(mask))
-
-    t = _length(query, -2)
-    s = _length(key, -2)
-    q_chunk = _clip(query_chunk_size, t)
-    k_chunk = _clip(key_chunk_size, s)
-    num_q = (t + q_chunk - 1) // q_chunk
-    num_k = (s + k_chunk - 1) // k_chunk
-    pad_t = num_q * q_chunk - t
-    pad_s = num_k * k_chunk - s
-    # Padded keys must be hidden unless the key length is statically a multiple of the chunk.
-    hide_padded_keys = not (isinstance(pad_s, int) and pad_s == 0)
-    if causal:
-        offset = s - t if causal_offset is None else causal_offset
-        offset = tf.cast(offset, tf.int32)
-
-    def chunk_keep(q_index, k_index):
-        """bool mask of rank `rank` for one (query chunk, key chunk) pair, or None."""
-        q_pos = q_index * q_chunk + tf.range(q_chunk)
-        k_pos = k_index * k_chunk + tf.range(k_chunk)
-        lead = [1] * (rank - 2)
-        parts = []
-        if hide_padded_keys:
-            parts.append(tf.reshape(k_pos < s, lead + [1, -1]))
-        if causal:
-            visible = k_pos[tf.newaxis, :] <= q_pos[:, tf.newaxis] + offset
-            parts.append(tf.reshape(visible, lead + [q_chunk, k_chunk]))
-        if mask is not None:
-            parts.append(_slice_axis(_slice_axis(mask, q_pos, rank - 2), k_pos, rank - 1))
-        keep = None
-        for part in parts:
-            keep = part if keep is None else tf.logical_and(keep, part)
-        return keep
-
-    def key_chunks_needed(q_index):
-        """Key chunks that any query of this chunk can see; causal skips those after it."""
-        if not causal:
-            return num_k
-        last_query = tf.minimum((q_index + 1) * q_chunk, t) - 1
-        needed = (last_query + offset) // k_chunk + 1
-        return tf.clip_by_value(needed, 0, num_k)
-
-    def first_query_chunk(k_index):
-        """The first query chunk that sees any key of this chunk (causal), else 0."""
-        if not causal:
-            return 0
-        return tf.clip_by_value((k_index * k_chunk - offset) // q_chunk, 0, num_q)
-
-    def query_chunk(q, q_index):
-        """Query chunk `q_index`, scaled."""
-        q_i = _chunk(q, q_index, q_chunk)
-        return q_i if chunk_scale is None else q_i * tf.cast(chunk_scale, dtype)
-
-    def forward(q, k, v):
-        """Output (..., T, dv) and each block's weight ratio (num_q, num_k, ..., c, 1), or
-        with `via_exp` each query's log-sum-exp (num_q, ..., c, 1).
-
-        The ratio r = exp(lse_block - lse) of a query's softmax mass inside one key chunk
-        lets the backward pass rebuild exact weights from the block's own softmax; blocks
-        the forward pass skips (causal) keep r = 0. The exp formulation's backward pass
-        takes exp(s - lse) directly.
-        """
-        q = _pad_length(q, pad_t, rank)
-        k = _pad_length(k, pad_s, rank)
-        v = _pad_length(v, pad_s, rank)
-        value_depth = tf.shape(v)[-1:]
-        # [v, 1]'s depth, static where v's is (tf.zeros then gets a static shape).
-        column_depth = [v.shape[-1] + 1] if v.shape[-1] is not None else value_depth + 1
-        first_key = k[..., :1, :]
-        # Every query chunk reads every key chunk: slice them once (the exp formulation
-        # reads [k, 1] and [v, 1]).
-        k, v = (_split(x, num_k, k_chunk, ones_column=via_exp) for x in (k, v))
-        outputs = _chunk_array(num_q, dtype)
-        ratios = _chunk_array(num_q, acc_dtype)
-        no_mass = tf.fill(tf.concat([tf.shape(q)[:-2], [q_chunk, 1]], 0), mask_value(acc_dtype))
-
-        def merged_blocks(q_i, q_index, read_key, read_value):
-            """Output, lse and the per-block lse of one query chunk: each block normalized
-            by its own softmax, merged into the running average by softmax mass."""
-            def key_step(k_index, out, lse, block_lses):
-                block_out, block_lse = _block_attention(
-                    q_i, read_key(k_index), read_value(k_index),
-                    chunk_keep(q_index, k_index), acc_dtype)
-                # Two averages merged by their masses exp(lse), taken relative to the larger.
-                top = tf.maximum(lse, block_lse)
-                mass, block_mass = tf.exp(lse - top), tf.exp(block_lse - top)
-                total = mass + block_mass
-                out = out * (mass / total) + block_out * (block_mass / total)
-                return (k_index + 1, out, top + tf.math.log(total),
-                        block_lses.write(k_index, block_lse))
-
-            rows = tf.shape(q_i)[:-1]
-            init = (tf.constant(0),
-                    tf.zeros(tf.concat([rows, value_depth], 0), acc_dtype),
-                    no_mass,
-                    _chunk_array(num_k, acc_dtype, fill=no_mass))
-            needed = key_chunks_needed(q_index)
-            # One iteration at a time: with the default 10 the executor starts the score
-            # matmuls of later chunks early and holds up to 10 (chunk x chunk) blocks.
-            _, out, lse, block_lses = tf.while_loop(
-                lambda k_index, *_: k_index < needed, key_step, init, parallel_iterations=1)
-            # Rows that saw no key kept the mask value as lse (adding log 2 to it rounds
-            # away) and a zero output; an lse of 0 makes all of their ratios exp(mask
-            # value) = 0.
-            lse = tf.where(lse > 0.5 * mask_value(acc_dtype), lse, 0)
-            return out, lse, block_lses
-
-        def shifted_blocks(q_i, q_index):
-            """Output and lse of one query chunk through exp and row sums, and whether
-            every row sum fits (`scaled_dot_product.key0_shifted_exp` on the whole key
-            sequence): E = exp(s - s0), s0 the query's score against key 0, summed
-            block by block with no rescaling, normalized once at the end."""
-            first = tf.matmul(q_i, first_key, transpose_b=True)
-            query_column = _with_column(q_i, -first)
-
-            def key_step(k_index, total):
-                return k_index + 1, total + _shifted_block(
-                    query_column, k.read(k_index), v.read(k_index),
-                    chunk_keep(q_index, k_index))
-
-            rows = tf.shape(q_i)[:-1]
-            init = (tf.constant(0), tf.zeros(tf.concat([rows, column_depth], 0), dtype))
-            _, total = tf.while_loop(lambda k_index, *_: k_index < key_chunks_needed(q_index),
-                                     key_step, init, parallel_iterations=1)
-            row_sum = total[..., -1:]
-            fits = tf.reduce_all((row_sum >= 1.0) & (row_sum <= EXP_ROW_SUM_LIMIT))
-            return total[..., :-1] / row_sum, first + tf.math.log(row_sum), fits
-
-        def query_step(q_index, outputs, ratios):
-            q_i = query_chunk(q, q_index)
-            if via_exp:
-                out, lse, fits = shifted_blocks(q_i, q_index)
-                # A row sum out of range (key 0 hidden or far below another key, a row
-                # with nothing visible, NaN): the chunk again, block by block.
-                out, lse = tf.cond(fits, lambda: (out, lse), lambda: merged_blocks(
-                    q_i, q_index, lambda i: k.read(i)[..., :-1],
-                    lambda i: v.read(i)[..., :-1])[:2])
-                ratio = lse
-            else:
-                out, lse, block_lses = merged_blocks(q_i, q_index, k.read, v.read)
-                ratio = tf.exp(block_lses.stack() - lse)
-            return (q_index + 1, outputs.write(q_index, tf.cast(out, dtype)),
-                    ratios.write(q_index, ratio))
-
-        _, outputs, ratios = tf.while_loop(
-            lambda q_index, *_: q_index < num_q, query_step, (0, outputs, ratios),
-            parallel_iterations=1)
-        return _sequence(outputs, num_q, t), ratios.stack()
-
-    def backward(q, k, v, out, ratios, d_out):
-        """dQ, dK, dV: key chunks outer (dK, dV accumulate per chunk), queries inner."""
-        d_out = tf.cast(d_out, dtype)
-        delta = tf.reduce_sum(tf.cast(d_out, acc_dtype) * tf.cast(out, acc_dtype), axis=-1,
-                              keepdims=True)
-        # Padded queries get zero upstream gradient: they contribute nothing.
-        q, d_out, delta = (_pad_length(x, pad_t, rank) for x in (q, d_out, delta))
-        fold = dtype == acc_dtype  # the delta offset rides in the matmuls (see above)
-        k = _pad_length(k, pad_s, rank)
-        v = _pad_length(v, pad_s, rank)
-        # Query chunks that no key chunk reaches (causal) keep a zero gradient.
-        d_query = _chunk_array(num_q, acc_dtype,
-                               fill=tf.zeros_like(_chunk(q, 0, q_chunk), acc_dtype))
-        d_keys = _chunk_array(num_k, dtype)
-        d_values = _chunk_array(num_k, dtype)
-
-        def key_step(k_index, d_query, d_keys, d_values):
-            # The scale rides on the key chunk: s = q (c k)^T, dQ = dS (c k), dK = c dS^T q.
-            k_j = _chunk(k, k_index, k_chunk)
-            if chunk_scale is not None:
-                k_j = k_j * tf.cast(chunk_scale, dtype)
-            v_j = _chunk(v, k_index, k_chunk)
-            if fold:
-                v_j = _with_column(v_j, tf.ones_like(v_j[..., :1]))
-            k_column = _with_column(k_j, tf.ones_like(k_j[..., :1])) if via_exp else None
-
-            def query_step(q_index, d_query, d_key_t, d_value_t):
-                keep = chunk_keep(q_index, k_index)
-                if via_exp:
-                    dq, dk_t, dv_t = _chunk_gradients_exp(
-                        _chunk(q, q_index, q_chunk), k_j, k_column, v_j,
-                        _with_column(_chunk(d_out, q_index, q_chunk),
-                                     -_chunk(delta, q_index, q_chunk)),
-                        ratios[q_index], keep)
-                else:
-                    dq, dk_t, dv_t = _chunk_gradients(
-                        _chunk(q, q_index, q_chunk), k_j, v_j,
-                        _chunk(d_out, q_index, q_chunk), _chunk(delta, q_index, q_chunk),
-                        ratios[q_index, k_index], keep, acc_dtype)
-                d_query = d_query.write(q_index, d_query.read(q_index) + dq)
-                return q_index + 1, d_query, d_key_t + dk_t, d_value_t + dv_t
-
-            init = (first_query_chunk(k_index), d_query,
-                    _transposed_zeros(k_j, acc_dtype), _transposed_zeros(v_j, acc_dtype))
-            _, d_query, d_key_t, d_value_t = tf.while_loop(
-                lambda q_index, *_: q_index < num_q, query_step, init, parallel_iterations=1)
-            if chunk_scale is not None:
-                d_key_t = d_key_t * chunk_scale
-            if fold:
-                d_value_t = d_value_t[..., :-1, :]
-            d_key = tf.linalg.matrix_transpose(d_key_t)
-            d_value = tf.linalg.matrix_transpose(d_value_t)
-            return (k_index + 1, d_query, d_keys.write(k_index, tf.cast(d_key, dtype)),
-                    d_values.write(k_index, tf.cast(d_value, dtype)))
-
-        _, d_query, d_keys, d_values = tf.while_loop(
-            lambda k_index, *_: k_index < num_k, key_step, (0, d_query, d_keys, d_values),
-            parallel_iterations=1)
-        return (tf.cast(_sequence(d_query, num_q, t), dtype), _sequence(d_keys, num_k, s),
-                _sequence(d_values, num_k, s))
+    query, key, value, mask = _check_inputs(query, key, value, mask)
+    plan = ChunkPlan(query, key, mask, causal, causal_offset,
+                     check_positive_int("query_chunk_size", query_chunk_size),
+                     check_positive_int("key_chunk_size", key_chunk_size))
+    acc_dtype = softmax_dtype(query.dtype)
+    via_exp = check_normalization(normalization) == "exp" and query.dtype == acc_dtype
+    query, chunk_scale = _split_scale(query, scale)
+    forward = _forward_exp if via_exp else _forward
 
     @tf.custom_gradient
     def attend(q, k, v):
         # The tape must not record the forward loops (eagerly, it would keep every block).
         q, k, v = (tf.stop_gradient(x) for x in (q, k, v))
-        out, ratios = forward(q, k, v)
+        out, saved = forward(plan, q, k, v, chunk_scale, acc_dtype)
 
         def grad(d_out):
-            d_q, d_k, d_v = backward(q, k, v, out, ratios, d_out)
-            d_q.set_shape(q.shape)
-            d_k.set_shape(k.shape)
-            d_v.set_shape(v.shape)
+            d_q, d_k, d_v = _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp,
+                                      acc_dtype)
+            for gradient, x in ((d_q, q), (d_k, k), (d_v, v)):
+                gradient.set_shape(x.shape)
             return _first_order_only(d_q, d_k, d_v)
 
         return out, grad

@@ -11,14 +11,9 @@ import tensorflow as tf
 
 from attnlab.ops.masked_softmax import masked_softmax
 from attnlab.ops.masks import align_mask
-from attnlab.ops.scaled_dot_product import default_scale
+from attnlab.ops.scaled_dot_product import resolve_scale, scale_query
+from attnlab.ops.shapes import static_or_dynamic_length
 from attnlab.ops.validation import check_positive_int, check_query_key_value, shape_str
-
-
-def _length(x, axis):
-    """Static length along `axis` when known, else a scalar tensor."""
-    static = x.shape[axis]
-    return static if static is not None else tf.shape(x)[axis]
 
 
 def _check_window(window):
@@ -103,6 +98,40 @@ def _blocked_mask(mask, length, num_blocks, block, padded, causal, context, rank
     return tf.transpose(mask, swap)  # (..., n, b, c * b)
 
 
+def _check_inputs(query, key, value, mask):
+    """The inputs as tensors of known rank, and the mask aligned to the scores' rank."""
+    query, key, value = check_query_key_value(query, key, value)
+    if query.shape.rank is None or key.shape.rank is None or value.shape.rank is None:
+        raise ValueError("local_attention needs inputs of known rank, got query %s, key %s, "
+                         "value %s" % (shape_str(query), shape_str(key), shape_str(value)))
+    if mask is not None:
+        mask = align_mask(mask, query.shape[:-1].concatenate(key.shape[-2:-1]))
+        if mask.shape.rank is None:
+            raise ValueError("local_attention needs a mask of known rank, got %s"
+                             % shape_str(mask))
+    return query, key, value, mask
+
+
+def _with_equal_lengths(query, key):
+    """(query, L): the query (behind a run-time check when the lengths are only known then)
+    and its length, a Python int where static."""
+    length = static_or_dynamic_length(query, -2)
+    key_length = static_or_dynamic_length(key, -2)
+    if isinstance(length, int) and isinstance(key_length, int):
+        if length != key_length:
+            raise ValueError(
+                "local_attention is self-attention over one sequence: query length %d and key "
+                "length %d must be equal (query %s, key %s)"
+                % (length, key_length, shape_str(query), shape_str(key)))
+        return query, length
+    check = tf.debugging.assert_equal(
+        tf.shape(query)[-2], tf.shape(key)[-2],
+        message="local_attention: query and key lengths must be equal")
+    with tf.control_dependencies([check] if check is not None else []):
+        query = tf.identity(query)
+    return query, tf.shape(query)[-2]
+
+
 # Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
 @tf.autograph.experimental.do_not_convert
 def local_attention(query, key, value, window, causal=False, mask=None, scale=None):
@@ -133,46 +162,16 @@ def local_attention(query, key, value, window, causal=False, mask=None, scale=No
         >>> local_attention(x, x, x, window=8, causal=True).shape
         TensorShape([2, 100, 16])
     """
-    query, key, value = check_query_key_value(query, key, value)
+    query, key, value, mask = _check_inputs(query, key, value, mask)
     window = _check_window(window)
-    rank = query.shape.rank
-    if rank is None or key.shape.rank is None or value.shape.rank is None:
-        raise ValueError("local_attention needs inputs of known rank, got query %s, key %s, "
-                         "value %s" % (shape_str(query), shape_str(key), shape_str(value)))
-    length = _length(query, -2)
-    key_length = _length(key, -2)
-    if isinstance(length, int) and isinstance(key_length, int):
-        if length != key_length:
-            raise ValueError(
-                "local_attention is self-attention over one sequence: query length %d and key "
-                "length %d must be equal (query %s, key %s)"
-                % (length, key_length, shape_str(query), shape_str(key)))
-    else:
-        check = tf.debugging.assert_equal(
-            tf.shape(query)[-2], tf.shape(key)[-2],
-            message="local_attention: query and key lengths must be equal")
-        with tf.control_dependencies([check] if check is not None else []):
-            query = tf.identity(query)
-        length = tf.shape(query)[-2]
-
-    if scale is None:
-        depth = query.shape[-1]
-        scale = (default_scale(depth) if depth is not None
-                 else tf.math.rsqrt(tf.cast(tf.shape(query)[-1], tf.float32)))
-    query = query * tf.cast(scale, query.dtype)
-
-    if mask is not None:
-        scores_shape = query.shape[:-1].concatenate(key.shape[-2:-1])
-        mask = align_mask(mask, scores_shape)
-        if mask.shape.rank is None:
-            raise ValueError("local_attention needs a mask of known rank, got %s"
-                             % shape_str(mask))
-
+    query, length = _with_equal_lengths(query, key)
+    query = scale_query(query, resolve_scale(scale, query))
     # Blocks of `window` positions (fewer when the whole sequence is shorter).
     block = min(window, length) if isinstance(length, int) else tf.minimum(window, length)
     num_blocks = (length + block - 1) // block
     padded = num_blocks * block
     context = 2 if causal else 3
+    rank = query.shape.rank
 
     def blocks(x):
         return _to_blocks(_pad_axis(x, -2, 0, padded - length, rank), num_blocks, block, rank)

@@ -39,7 +39,11 @@ def _attention_flag(layer):
         params = inspect.signature(layer.call).parameters
     except (TypeError, ValueError):
         return None
-    if getattr(layer, "attention_impl", "full") != "full":
+    # Imported here: this module does not import TensorFlow until a layer is inspected.
+    from attnlab.ops.kernels import ATTENTION_IMPLS, FULL_KERNELS, resolve_attention_impl
+
+    impl = getattr(layer, "attention_impl", "full")
+    if impl in ATTENTION_IMPLS and resolve_attention_impl(impl) not in FULL_KERNELS:
         return None  # chunked / local kernels never materialize (T, S) weights
     for flag in _FLAGS:
         if flag in params:

@@ -564,7 +564,7 @@ def test_keras_configs_and_layers_convert_both_ways(kwargs, shapes):
     assert_close(from_config(*inputs), expected)
     ours_config = plain_config(from_config.get_config())
     assert {k: ours_config.pop(k) for k in ("attention_impl", "window", "chunk_size")} == \
-        {"attention_impl": "full", "window": None, "chunk_size": None}
+        {"attention_impl": "auto", "window": None, "chunk_size": None}
     assert ours_config == keras_config
     # from_keras copies the weights too; to_keras goes back.
     converted = MultiHeadAttention.from_keras(keras_layer)

@@ -1,16 +1,22 @@
 """chunked_attention against the float64 NumPy reference and the full scaled_dot_product op."""
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnlab.ops.chunked import chunked_attention
+from attnlab.ops import chunked
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
 from tests import reference
 
-# Every test runs with both normalizations (exp and row sums, or the softmax kernel).
-pytestmark = pytest.mark.usefixtures("normalization")
+
+@pytest.fixture(scope="module")
+def chunked_attention(normalization):
+    """`chunked_attention` with each normalization ("softmax", then "exp"): every test that
+    takes this fixture runs with both."""
+    return functools.partial(chunked.chunked_attention, normalization=normalization)
 
 
 def _inputs(lead, t, s, d=4, dv=3, seed=0, dtype=np.float32):
@@ -56,7 +62,7 @@ def _reference_with_heads(mask, lead):
        query_chunk=st.integers(1, 6), key_chunk=st.integers(1, 6), causal=st.booleans(),
        mask_kind=st.sampled_from(["none", "padding", "full"]), seed=st.integers(0, 99))
 def test_matches_reference_and_full_attention(rank, t, s, query_chunk, key_chunk, causal,
-                                               mask_kind, seed):
+                                               mask_kind, seed, chunked_attention):
     lead = (2,) if rank == 3 else (2, 2)
     q, k, v = _inputs(lead, t, s, seed=seed)
     mask = _make_mask(mask_kind, np.random.default_rng(seed), lead, t, s)
@@ -71,7 +77,7 @@ def test_matches_reference_and_full_attention(rank, t, s, query_chunk, key_chunk
 
 
 @pytest.mark.parametrize("offset", [0, 3, 6])
-def test_causal_offset_for_cached_decoding(offset):
+def test_causal_offset_for_cached_decoding(offset, chunked_attention):
     # Two new queries after `offset` cached keys (S = 8 in all, so the default would be 6).
     q, k, v = _inputs((1,), 2, 8, seed=offset)
     out = chunked_attention(q, k, v, causal=True, causal_offset=offset, query_chunk_size=1,
@@ -89,7 +95,7 @@ def _counted(function, calls):
     return counting
 
 
-def test_causal_skips_key_chunks_after_the_query_chunk(monkeypatch):
+def test_causal_skips_key_chunks_after_the_query_chunk(monkeypatch, chunked_attention):
     import attnlab.ops.chunked as chunked_module
 
     visited = []
@@ -106,7 +112,7 @@ def test_causal_skips_key_chunks_after_the_query_chunk(monkeypatch):
     np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
 
 
-def test_custom_scale_and_default_chunks_clipped_to_lengths():
+def test_custom_scale_and_default_chunks_clipped_to_lengths(chunked_attention):
     q, k, v = _inputs((2,), 5, 7, seed=3)
     out = chunked_attention(q, k, v, scale=0.3)  # default chunks (1024) > lengths
     expected, _ = reference.attention(q, k, v, scale=0.3)
@@ -115,7 +121,7 @@ def test_custom_scale_and_default_chunks_clipped_to_lengths():
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("mask_kind", ["none", "padding", "full"])
-def test_gradients_match_full_attention(causal, mask_kind):
+def test_gradients_match_full_attention(causal, mask_kind, chunked_attention):
     lead = (2, 2)
     q, k, v = (tf.constant(x) for x in _inputs(lead, 9, 11, seed=7))
     mask = _make_mask(mask_kind, np.random.default_rng(1), lead, 9, 11)
@@ -147,7 +153,7 @@ def _gradients(fn, tensors, upstream):
        key_chunk=st.integers(1, 5), causal=st.booleans(),
        mask_kind=st.sampled_from(["none", "padding", "full"]), seed=st.integers(0, 99))
 def test_gradients_match_float64_reference(t, s, query_chunk, key_chunk, causal, mask_kind,
-                                           seed):
+                                           seed, chunked_attention):
     lead = (2,)
     rng = np.random.default_rng(seed)
     q, k, v = (tf.constant(x, tf.float64) for x in _inputs(lead, t, s, seed=seed))
@@ -186,7 +192,7 @@ def test_block_log_sum_exp_from_one_column_or_from_the_maxima(dtype, first_key_o
     np.testing.assert_allclose(lse.numpy(), _logsumexp(scores.numpy()), rtol=tolerance)
 
 
-def test_first_key_far_below_the_rest_of_its_chunk():
+def test_first_key_far_below_the_rest_of_its_chunk(chunked_attention):
     # Every key chunk's first key scores about 120 below the others for every query: its
     # float32 weight exp(-120) underflows to 0, so the log-sum-exp of every block comes from
     # the row maxima. Output and gradients must not notice.
@@ -215,7 +221,7 @@ def test_exp_formulation_falls_back_only_for_query_chunks_whose_sums_do_not_fit(
     # the query chunks that need them.
     import attnlab.ops.chunked as chunked_module
 
-    monkeypatch.setattr(chunked_module, "attention_normalization", lambda: "exp")
+    chunked_attention = functools.partial(chunked.chunked_attention, normalization="exp")
     calls = []
     monkeypatch.setattr(chunked_module, "_block_attention",
                         _counted(chunked_module._block_attention, calls))
@@ -235,7 +241,7 @@ def test_exp_formulation_falls_back_only_for_query_chunks_whose_sums_do_not_fit(
     np.testing.assert_allclose(out.numpy(), reference.attention(q, k, v)[0], atol=2e-5)
 
 
-def test_backward_pass_also_skips_key_chunks_after_the_query_chunk(monkeypatch):
+def test_backward_pass_also_skips_key_chunks_after_the_query_chunk(monkeypatch, chunked_attention):
     import attnlab.ops.chunked as chunked_module
 
     visited = []
@@ -255,7 +261,7 @@ def test_backward_pass_also_skips_key_chunks_after_the_query_chunk(monkeypatch):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=name)
 
 
-def test_float16_gradients_are_finite_and_close_to_float32_full_attention():
+def test_float16_gradients_are_finite_and_close_to_float32_full_attention(chunked_attention):
     q, k, v = _inputs((2, 2), 13, 11, d=8, seed=6, dtype=np.float16)
     mask = np.ones((2, 1, 1, 11), bool)
     mask[1, ..., 7:] = False
@@ -275,7 +281,7 @@ def test_float16_gradients_are_finite_and_close_to_float32_full_attention():
 
 
 @pytest.mark.parametrize("in_graph", [False, True])
-def test_second_order_gradient_is_refused_with_a_clear_error(in_graph):
+def test_second_order_gradient_is_refused_with_a_clear_error(in_graph, chunked_attention):
     q, k, v = (tf.constant(x) for x in _inputs((1,), 4, 4, seed=2))
 
     def gradient_penalty():
@@ -292,7 +298,7 @@ def test_second_order_gradient_is_refused_with_a_clear_error(in_graph):
         tf.function(gradient_penalty)() if in_graph else gradient_penalty()
 
 
-def test_xla_compiled_forward_and_gradients_match_full_attention():
+def test_xla_compiled_forward_and_gradients_match_full_attention(chunked_attention):
     q, k, v = (tf.constant(x) for x in _inputs((2, 2), 10, 7, seed=8))
     mask = np.ones((2, 1, 1, 7), bool)
     mask[0, ..., 5:] = False
@@ -315,7 +321,7 @@ def test_xla_compiled_forward_and_gradients_match_full_attention():
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=name)
 
 
-def test_rank_two_inputs_without_lead_dims():
+def test_rank_two_inputs_without_lead_dims(chunked_attention):
     q, k, v = (tf.constant(x) for x in _inputs((), 7, 9, seed=4))
     upstream = tf.constant(np.random.default_rng(4).normal(size=(7, 3)), tf.float32)
     got = _gradients(lambda: chunked_attention(q, k, v, causal=True, query_chunk_size=3,
@@ -326,7 +332,7 @@ def test_rank_two_inputs_without_lead_dims():
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=name)
 
 
-def test_scale_given_as_a_variable_gets_its_gradient():
+def test_scale_given_as_a_variable_gets_its_gradient(chunked_attention):
     q, k, v = (tf.constant(x) for x in _inputs((2,), 6, 5, seed=5))
     upstream = tf.constant(np.random.default_rng(5).normal(size=(2, 6, 3)), tf.float32)
     scale = tf.Variable(0.7)
@@ -338,7 +344,7 @@ def test_scale_given_as_a_variable_gets_its_gradient():
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=name)
 
 
-def test_unknown_lengths_in_tf_function():
+def test_unknown_lengths_in_tf_function(chunked_attention):
     signature = [tf.TensorSpec([None, None, None, 4], tf.float32)] * 2 + [
         tf.TensorSpec([None, None, None, 3], tf.float32),
         tf.TensorSpec([None, 1, 1, None], tf.bool)]
@@ -367,7 +373,7 @@ def test_unknown_lengths_in_tf_function():
             np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
 
 
-def test_fully_masked_rows_give_zero_output_and_finite_gradients():
+def test_fully_masked_rows_give_zero_output_and_finite_gradients(chunked_attention):
     q, k, v = (tf.constant(x) for x in _inputs((1,), 6, 7, seed=5))
     mask = np.ones((1, 6, 7), bool)
     mask[0, 2] = False  # query 2 sees nothing
@@ -385,7 +391,7 @@ def test_fully_masked_rows_give_zero_output_and_finite_gradients():
     np.testing.assert_array_equal(grads[0].numpy()[0, 2], 0.0)  # the output ignores query 2
 
 
-def test_causal_with_more_queries_than_keys_zeroes_leading_rows():
+def test_causal_with_more_queries_than_keys_zeroes_leading_rows(chunked_attention):
     # Offset S - T = -2: queries 0 and 1 precede every key.
     q, k, v = _inputs((1,), 5, 3, seed=9)
     out = chunked_attention(q, k, v, causal=True, query_chunk_size=2, key_chunk_size=2)
@@ -394,7 +400,7 @@ def test_causal_with_more_queries_than_keys_zeroes_leading_rows():
     np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
 
 
-def test_float16_is_finite_and_close_to_float64_reference():
+def test_float16_is_finite_and_close_to_float64_reference(chunked_attention):
     q, k, v = _inputs((2, 2), 13, 13, d=8, seed=4, dtype=np.float16)
     q = q * np.float16(3.0)  # large scores: the running sums must not overflow in float16
     mask = np.ones((2, 1, 1, 13), bool)
@@ -410,27 +416,27 @@ def test_float16_is_finite_and_close_to_float64_reference():
 
 @pytest.mark.parametrize("argument", ["query_chunk_size", "key_chunk_size"])
 @pytest.mark.parametrize("bad", [0, -4, 2.5, True, "8"])
-def test_bad_chunk_sizes_are_rejected(argument, bad):
+def test_bad_chunk_sizes_are_rejected(argument, bad, chunked_attention):
     q, k, v = _inputs((1,), 4, 4)
     with pytest.raises(ValueError, match="%s must be a positive integer, got %s"
                        % (argument, repr(bad).replace(".", r"\."))):
         chunked_attention(q, k, v, **{argument: bad})
 
 
-def test_mismatched_depths_are_rejected():
+def test_mismatched_depths_are_rejected(chunked_attention):
     q, _, v = _inputs((1,), 4, 4, d=4)
     k = np.zeros((1, 4, 5), np.float32)
     with pytest.raises(ValueError, match=r"same depth.*query \(1, 4, 4\), key \(1, 4, 5\)"):
         chunked_attention(q, k, v)
 
 
-def test_integer_inputs_are_rejected():
+def test_integer_inputs_are_rejected(chunked_attention):
     q = np.zeros((1, 4, 4), np.int32)
     with pytest.raises(TypeError, match="query must be a floating-point tensor, got dtype int32"):
         chunked_attention(q, q, q)
 
 
-def test_mask_that_does_not_broadcast_is_rejected():
+def test_mask_that_does_not_broadcast_is_rejected(chunked_attention):
     q, k, v = _inputs((2,), 4, 6)
     with pytest.raises(ValueError, match=r"mask of shape \(2, 4, 5\).*scores of shape \(2, 4, 6\)"):
         chunked_attention(q, k, v, mask=np.ones((2, 4, 5), bool))
@@ -488,7 +494,7 @@ def _gradient_graph_stats(attention, length, depth=4):
     return largest, matmul_sizes, unknown, graphs, stored
 
 
-def test_gradient_graph_has_no_length_squared_tensor():
+def test_gradient_graph_has_no_length_squared_tensor(chunked_attention):
     length, chunk = 4096, 256
 
     def chunked(q, k, v, mask):
