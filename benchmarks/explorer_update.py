@@ -6,7 +6,7 @@ For 64 x 64 and 512 x 512 maps (Agg, off-screen, PNG bytes ready to send) it tim
   seaborn redraw   ax.clear() + seaborn.heatmap on a reused figure, rendered to PNG
   explorer update  one move of the explorer's step slider (set_data, blit of the image
                    artists, PNG encode), median over the moves, drawn at the explorer's
-                   pixel ratio (default 2: four times the pixels of the others at ratio 1)
+                   pixel ratio (default 1, as the others; 2 draws four times the pixels)
 and prints the ratio of the update to a new figure and the target (15 ms at 64, 50 ms at
 512). Timings depend on the machine and its load; this is a script, not a test.
 

@@ -43,9 +43,10 @@ class AttentionExplorer:
         max_ticks: at most this many token labels per axis.
         panel_size: (width, height) of one panel in inches; dpi: CSS pixels per inch, so
             the map shows at panel_size * dpi CSS pixels, never stretched to the page.
-        pixel_ratio: device pixels drawn per CSS pixel in "image" mode (2 is sharp on
-            high-density screens and scaled down cleanly on others; 1 draws a quarter of
-            the pixels). ipympl follows the browser's ratio by itself.
+        pixel_ratio: device pixels drawn per CSS pixel in "image" mode: 1 (as matplotlib's
+            inline backend) keeps updates fast; 2 is sharp on high-density screens (as the
+            inline backend's "retina") for four times the pixels to draw and encode.
+            ipympl follows the browser's ratio by itself.
 
     Returns:
         An object that displays as a widget in Jupyter; its `state` is readable and settable.
@@ -61,7 +62,7 @@ class AttentionExplorer:
 
     def __init__(self, source, query_tokens=None, key_tokens=None, compare=None,
                  backend="auto", export_dir=None, cmap="viridis", max_ticks=24,
-                 panel_size=(4.2, 4.8), dpi=100, pixel_ratio=2):
+                 panel_size=(4.2, 4.8), dpi=100, pixel_ratio=1):
         import ipywidgets as widgets
 
         if backend not in ("auto", "ipympl", "image"):

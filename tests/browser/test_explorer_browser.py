@@ -44,7 +44,7 @@ rng = np.random.default_rng(0)
 scores = rng.normal(size=(2, 4, 16, 16)) * 3.0
 weights = {"enc0": np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)}
 tokens = ["tok%d" % i for i in range(16)]
-explorer = AttentionExplorer(weights, tokens, tokens, backend="image")""",
+explorer = AttentionExplorer(weights, tokens, tokens, backend="image", pixel_ratio=2)""",
     """echo = widgets.Label(value="STATE " + json.dumps(explorer.state))
 echo.add_class("attnlab-state-echo")
 explorer.observe(lambda state: setattr(echo, "value", "STATE " + json.dumps(state)))

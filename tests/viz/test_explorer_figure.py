@@ -49,10 +49,10 @@ def test_drawn_at_the_pixel_ratio_and_shown_at_css_size(ratio, compare):
     assert ex.view.layout.height == "%gpx" % css_height
 
 
-def test_default_draws_twice_the_css_pixels():
+def test_default_draws_one_pixel_per_css_pixel():
     ex = _explorer()
     height, width = _decoded(ex.png()).shape[:2]
-    assert (width, height) == (840, 960)
+    assert (width, height) == (420, 480)
     assert (ex.view.layout.width, ex.view.layout.height) == ("420px", "480px")
 
 
