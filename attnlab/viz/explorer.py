@@ -101,6 +101,7 @@ class AttentionExplorer:
             self.figure.canvas.mpl_connect("button_press_event", self._on_click)
             self.figure.canvas.mpl_connect("motion_notify_event", self._on_hover)
         self._build_controls(widgets)
+        self._arrange(widgets)
         self._reset_windows()
         self._refresh(full=True)
 
@@ -156,6 +157,8 @@ class AttentionExplorer:
         self.status.add_class("attnlab-status")
         self.export_button.on_click(lambda _: self._export_clicked())
 
+    def _arrange(self, widgets):
+        """The map's view and the explorer's widget: a column of controls, then the map."""
         if self._mode == "ipympl":
             view = self.figure.canvas
         else:
