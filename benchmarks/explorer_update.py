@@ -5,11 +5,12 @@ For 64 x 64 and 512 x 512 maps (Agg, off-screen, PNG bytes ready to send) it tim
   new figure       a new matplotlib figure with a labelled imshow, rendered to PNG
   seaborn redraw   ax.clear() + seaborn.heatmap on a reused figure, rendered to PNG
   explorer update  one move of the explorer's step slider (set_data, blit of the image
-                   artists, PNG encode), median over the moves
+                   artists, PNG encode), median over the moves, drawn at the explorer's
+                   pixel ratio (default 1, as the others; 2 draws four times the pixels)
 and prints the ratio of the update to a new figure and the target (15 ms at 64, 50 ms at
 512). Timings depend on the machine and its load; this is a script, not a test.
 
-Usage: python benchmarks/explorer_update.py [--moves N] [--sizes 64 512]
+Usage: python benchmarks/explorer_update.py [--moves N] [--sizes 64 512] [--pixel-ratio R]
 """
 import argparse
 import io
@@ -72,13 +73,14 @@ def seaborn_redraw(fig, ax, data, tokens):
     fig.savefig(io.BytesIO(), format="png")
 
 
-def bench(size, moves):
+def bench(size, moves, pixel_ratio=None):
     steps = 8
     maps = attention_maps(size, steps)
     tokens = ["t%d" % i for i in range(size)]
     frames = [AttentionSnapshot(100 * (i + 1), i, {"layer0": w}, [tokens], [tokens])
               for i, w in enumerate(maps)]
-    explorer = AttentionExplorer(frames, backend="image")
+    options = {} if pixel_ratio is None else {"pixel_ratio": pixel_ratio}
+    explorer = AttentionExplorer(frames, backend="image", **options)
     slider = explorer.controls["step"]
     position = [0]
 
@@ -105,6 +107,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=30, help="slider moves per size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--pixel-ratio", type=float, default=None,
+                        help="the explorer's pixel_ratio (default: the explorer's default)")
     parser.add_argument("--smoke", action="store_true",
                         help="a few moves at 64 x 64 only: proves the script still runs")
     args = parser.parse_args(argv)
@@ -114,7 +118,7 @@ def main(argv=None):
               "update/new", "target ms", "result")
     rows = []
     for size in args.sizes:
-        new, seaborn, update = bench(size, args.moves)
+        new, seaborn, update = bench(size, args.moves, args.pixel_ratio)
         target = TARGET_MS.get(size)
         rows.append(("%d x %d" % (size, size), "%.1f" % new, "%.1f" % seaborn,
                      "%.1f" % update, "%.3f" % (update / new),
@@ -123,8 +127,10 @@ def main(argv=None):
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))
-    print("(median of %d slider moves, Agg backend, PNG ready to send; load average %s)"
-          % (args.moves, " ".join("%.1f" % x for x in os.getloadavg())))
+    ratio = "default" if args.pixel_ratio is None else "%g" % args.pixel_ratio
+    print("(median of %d slider moves, Agg backend, PNG ready to send, explorer pixel_ratio "
+          "%s; load average %s)" % (args.moves, ratio, " ".join("%.1f" % x
+                                                              for x in os.getloadavg())))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
     attnlab.viz.subwords    merge_pieces, word_groups (word pieces -> words)
     attnlab.viz.pretrained  load_pretrained, find_pretrained (models folder, offline)
     attnlab.viz.explorer    AttentionExplorer (needs ipywidgets; ipympl optional)
+                            (its parts: explorer_panel, explorer_figure)
 
 The TensorFlow and widget modules are imported on first use, so plotting a saved run
 needs neither.

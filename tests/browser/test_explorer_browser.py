@@ -5,8 +5,10 @@ root (own config, data, runtime and settings folders, own kernelspec for this Py
 checks that the server refuses requests without the token, opens a notebook that shows an
 explorer, runs all cells from the Run menu, changes the head dropdown in the page and
 checks that the rendered heatmap changed (screenshots before and after) and that the
-Python-side state followed (an observer writes it into a label). Everything it started is
-stopped at the end, kernels included.
+Python-side state followed (an observer writes it into a label). The page is a 1280 x 800
+laptop window at device-pixel ratio 2: the heatmap must be drawn at its displayed size (no
+CSS stretching) and the map and its controls must be seen together. Everything it started
+is stopped at the end, kernels included.
 """
 import http.client
 import io
@@ -24,6 +26,8 @@ import pytest
 from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
+VIEWPORT = {"width": 1280, "height": 800}
+DEVICE_PIXEL_RATIO = 2
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
@@ -40,7 +44,7 @@ rng = np.random.default_rng(0)
 scores = rng.normal(size=(2, 4, 16, 16)) * 3.0
 weights = {"enc0": np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)}
 tokens = ["tok%d" % i for i in range(16)]
-explorer = AttentionExplorer(weights, tokens, tokens, backend="image")""",
+explorer = AttentionExplorer(weights, tokens, tokens, backend="image", pixel_ratio=2)""",
     """echo = widgets.Label(value="STATE " + json.dumps(explorer.state))
 echo.add_class("attnlab-state-echo")
 explorer.observe(lambda state: setattr(echo, "value", "STATE " + json.dumps(state)))
@@ -175,6 +179,55 @@ def _screenshot(locator):
     return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
 
 
+# The explorer is scrolled to the top of the notebook, then measured in CSS pixels: the
+# image's natural size against its displayed size, and whether each part is the topmost
+# element at its own corners (inside the window and not covered by JupyterLab's bars).
+GEOMETRY_JS = """() => {
+  const explorer = document.querySelector('.attnlab-explorer');
+  explorer.scrollIntoView({block: 'start'});
+  const visible = (el) => {
+    const r = el.getBoundingClientRect();
+    const inset = 3;
+    const points = [[r.left + inset, r.top + inset], [r.right - inset, r.top + inset],
+                    [r.left + inset, r.bottom - inset], [r.right - inset, r.bottom - inset]];
+    return r.width > 0 && points.every(([x, y]) => {
+      const hit = document.elementFromPoint(x, y);
+      return hit !== null && (hit === el || el.contains(hit));
+    });
+  };
+  const image = document.querySelector('img.attnlab-heatmap');
+  const box = image.getBoundingClientRect();
+  const controls = {};
+  for (const name of ['example', 'layer', 'head', 'tokens', 'query-window', 'key-window',
+                      'export']) {
+    controls[name] = visible(document.querySelector('.attnlab-' + name));
+  }
+  return {devicePixelRatio: window.devicePixelRatio,
+          natural: [image.naturalWidth, image.naturalHeight],
+          displayed: [box.width, box.height],
+          explorer: explorer.getBoundingClientRect().toJSON(),
+          window: [window.innerWidth, window.innerHeight],
+          mapVisible: visible(image), controlsVisible: controls};
+}"""
+
+
+def _layout_problems(geometry):
+    """What is wrong with the measured explorer layout (an empty list when nothing is)."""
+    problems = []
+    ratio = geometry["devicePixelRatio"]
+    for axis, natural, shown in zip("xy", geometry["natural"], geometry["displayed"]):
+        if abs(natural / shown - ratio) > 0.01:
+            problems.append("image %s: %d pixels drawn at %.1f CSS pixels, ratio %.2f, not "
+                            "the device-pixel ratio %g" % (axis, natural, shown,
+                                                           natural / shown, ratio))
+    if not geometry["mapVisible"]:
+        problems.append("the map is not wholly in view")
+    hidden = sorted(name for name, seen in geometry["controlsVisible"].items() if not seen)
+    if hidden:
+        problems.append("controls not in view together with the map: %s" % hidden)
+    return problems
+
+
 def test_explorer_reacts_to_the_page(jupyter_lab):
     from playwright.sync_api import sync_playwright
 
@@ -183,7 +236,7 @@ def test_explorer_reacts_to_the_page(jupyter_lab):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=DEVICE_PIXEL_RATIO)
             try:
                 page.set_default_timeout(60_000)
                 page.goto("http://127.0.0.1:%d/lab/tree/explorer.ipynb?reset&token=%s"
@@ -205,6 +258,11 @@ def test_explorer_reacts_to_the_page(jupyter_lab):
                 echo = page.locator(".attnlab-state-echo")
                 echo.wait_for(state="visible")
                 assert '"head": 0' in echo.inner_text()
+                geometry = page.evaluate(GEOMETRY_JS)
+                print("explorer geometry at %(width)dx%(height)d:" % VIEWPORT, geometry)
+                shot = str(root.parent / "explorer-in-view.png")
+                page.screenshot(path=shot)
+                print("the explorer in view: " + shot)
                 image.scroll_into_view_if_needed()
                 before_src = image.get_attribute("src")
                 before = _screenshot(image)
@@ -230,3 +288,5 @@ def test_explorer_reacts_to_the_page(jupyter_lab):
     # another head of random attention recolours most cells.
     changed = np.mean(np.abs(before - after).max(axis=-1) > 24)
     assert changed > 0.1, "only %.1f%% of the image pixels changed" % (100 * changed)
+    assert geometry["devicePixelRatio"] == DEVICE_PIXEL_RATIO
+    assert not _layout_problems(geometry), (_layout_problems(geometry), geometry)
