@@ -3,8 +3,7 @@
 The attention functions use TensorFlow control flow explicitly (tf.while_loop, tf.cond)
 and are marked `tf.autograph.experimental.do_not_convert`: inside a user's tf.function,
 AutoGraph would otherwise rewrite their source and every helper they call, which adds
-nothing but tracing time and memory (12 MiB of the peak RSS of a chunked attention step,
-about a tenth of it at L=8192; `benchmarks/chunked_memory.py`).
+nothing but tracing time and memory (benchmarks/RESULTS.md, target 2).
 """
 from attnlab.ops.chunked import chunked_attention
 from attnlab.ops.full import full_attention

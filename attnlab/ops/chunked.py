@@ -127,9 +127,9 @@ def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
     has an extra row, dropped by the caller. (dO is not extended once for the whole
     sequence: that copy would add O(L * d) memory whenever the caller keeps dO.)
 
-    dK and dV are returned transposed, (..., d, c): timed alone, oneDNN computes dO^T W about
-    25% faster than W^T dO for a (512 x 512) block W, and q^T dS about 8% faster than
-    dS^T q; the caller transposes the sums once per key chunk.
+    dK and dV are returned transposed, (..., d, c): dO^T W and q^T dS run faster than
+    W^T dO and dS^T q (benchmarks/RESULTS.md, target 2); the caller transposes the sums
+    once per key chunk.
     """
     dtype = query.dtype
     fold = dtype == acc_dtype  # half precision: the offset is applied in float32
@@ -395,8 +395,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                       normalization="softmax"):
     """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.
 
-    (Plus one scalar per query and key chunk, kept for the backward pass: 4 MiB at
-    B=1, H=8, L=8192 with chunks of 512; one per query with the exp normalization.)
+    (Plus one scalar per query and key chunk, kept for the backward pass: B * H * T * S /
+    chunk^2 * chunk = B * H * T * S / key_chunk_size floats; one per query with "exp".)
 
     Queries are processed `query_chunk_size` at a time; for each query chunk the keys are
     visited `key_chunk_size` at a time, the blocks merged by their softmax mass; with
