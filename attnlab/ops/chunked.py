@@ -396,7 +396,7 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
     """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.
 
     (Plus one scalar per query and key chunk, kept for the backward pass: B * H * T * S /
-    chunk^2 * chunk = B * H * T * S / key_chunk_size floats; one per query with "exp".)
+    key_chunk_size floats; one per query with the exp normalization.)
 
     Queries are processed `query_chunk_size` at a time; for each query chunk the keys are
     visited `key_chunk_size` at a time, the blocks merged by their softmax mass; with
