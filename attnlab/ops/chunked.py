@@ -25,7 +25,7 @@ from attnlab.ops.masked_softmax import mask_value, softmax_dtype
 from attnlab.ops.masks import align_mask
 from attnlab.ops.scaled_dot_product import EXP_ROW_SUM_LIMIT, default_scale
 from attnlab.ops.softmax_kernel import attention_normalization
-from attnlab.ops.validation import check_positive_int, check_query_key_value, shape_str
+from attnlab.validation import check_positive_int, check_query_key_value, shape_str
 
 
 def _length(x, axis):

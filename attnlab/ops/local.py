@@ -12,7 +12,7 @@ import tensorflow as tf
 from attnlab.ops.masked_softmax import masked_softmax
 from attnlab.ops.masks import align_mask
 from attnlab.ops.scaled_dot_product import default_scale
-from attnlab.ops.validation import check_positive_int, check_query_key_value, shape_str
+from attnlab.validation import check_positive_int, check_query_key_value, shape_str
 
 
 def _length(x, axis):

@@ -29,6 +29,7 @@ import zlib
 
 import numpy as np
 
+from attnlab.validation import check_choice
 from attnlab.viz.plots import EXPORT_FORMATS, atomic_write_bytes, export_format, tick_positions
 from attnlab.viz.rollout import attention_rollout
 from attnlab.viz.snapshots import AttentionSnapshot, load_attention_snapshots, make_snapshot
@@ -189,8 +190,7 @@ class AttentionExplorer:
                  panel_size=(4.2, 4.8), dpi=100):
         import ipywidgets as widgets
 
-        if backend not in ("auto", "ipympl", "image"):
-            raise ValueError("backend must be 'auto', 'ipympl' or 'image', got %r" % (backend,))
+        check_choice("backend", backend, ("auto", "ipympl", "image"))
         frames, run_dir = _frames(source, query_tokens, key_tokens)
         self._panels = [_Panel(frames, "source")]
         if compare is not None:
