@@ -16,6 +16,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from attnlab.validation import check_number, check_positive_int
+
 _COMPILED = weakref.WeakKeyDictionary()
 
 
@@ -79,8 +81,7 @@ def _check(model, source, max_length):
         if not hasattr(model, method):
             raise TypeError("model %r lacks the decoding method %s(); see attnlab.decoding"
                             % (type(model).__name__, method))
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
-        raise ValueError("max_length must be a positive integer, got %r" % (max_length,))
+    check_positive_int("max_length", max_length)
     source = tf.convert_to_tensor(source)
     if source.shape.rank != 2 or source.dtype.is_floating:
         raise ValueError("source must be integer token ids of shape (B, S), got %s %s"
@@ -155,11 +156,8 @@ def beam_search(model, source, beam_width=4, max_length=32, length_penalty=0.6, 
         >>> ids = beam_search(model, source, beam_width=4, max_length=11)
     """
     source = _check(model, source, max_length)
-    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width <= 0:
-        raise ValueError("beam_width must be a positive integer, got %r" % (beam_width,))
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or \
-            length_penalty < 0:
-        raise ValueError("length_penalty must be a number >= 0, got %r" % (length_penalty,))
+    check_positive_int("beam_width", beam_width)
+    check_number("length_penalty", length_penalty, at_least=0)
     fns = _compiled(model)
     batch, k = int(source.shape[0]), beam_width
     memory = fns["encode"](tf.repeat(source, k, axis=0))
@@ -243,14 +241,11 @@ def sample_decode(model, source, max_length, top_k=None, top_p=None, temperature
         >>> ids = sample_decode(model, source, max_length=11, top_p=0.9, seed=1)
     """
     source = _check(model, source, max_length)
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or
-                              top_k <= 0):
-        raise ValueError("top_k must be a positive integer or None, got %r" % (top_k,))
+    if top_k is not None:
+        check_positive_int("top_k", top_k)
     if top_p is not None and not 0.0 < float(top_p) <= 1.0:
         raise ValueError("top_p must be in (0, 1] or None, got %r" % (top_p,))
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
-            temperature <= 0:
-        raise ValueError("temperature must be a number > 0, got %r" % (temperature,))
+    check_number("temperature", temperature, above=0)
     rng = np.random.default_rng(seed)
     fns = _compiled(model)
     memory = fns["encode"](source)

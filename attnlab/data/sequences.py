@@ -4,6 +4,7 @@ import numpy as np
 from attnlab.data.dates import seq2seq_arrays
 from attnlab.data.task import SPLITS, Task, split_counts
 from attnlab.data.vocab import Vocabulary
+from attnlab.validation import check_choice, check_positive_int
 
 OPERATIONS = {
     "copy": lambda s: list(s),
@@ -30,13 +31,11 @@ def make_sequence_task(operation, seed=0, n_train=10000, n_val=500, n_test=500,
         Task of kind "seq2seq" (see `make_dates` for the array layout); source (N, max_length),
         targets (N, max_length + 1).
     """
-    if operation not in OPERATIONS:
-        raise ValueError("operation must be one of %s, got %r" % (sorted(OPERATIONS), operation))
+    check_choice("operation", operation, sorted(OPERATIONS))
     counts = split_counts(n_train, n_val, n_test)
     for name, value in (("num_symbols", num_symbols), ("min_length", min_length),
                         ("max_length", max_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError("%s must be a positive integer, got %r" % (name, value))
+        check_positive_int(name, value)
     if min_length > max_length:
         raise ValueError("min_length (%d) must be <= max_length (%d)" % (min_length, max_length))
     total = sum(counts.values())

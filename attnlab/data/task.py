@@ -2,6 +2,8 @@
 import numpy as np
 import tensorflow as tf
 
+from attnlab.validation import check_choice, check_positive_int
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -66,10 +68,8 @@ class Task:
             drop_remainder: drop the last partial batch (needed by tf.distribute).
             skip_batches: batches to skip at the start (to resume inside an epoch).
         """
-        if split not in SPLITS:
-            raise ValueError("split must be one of %s, got %r" % (SPLITS, split))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError("batch_size must be a positive integer, got %r" % (batch_size,))
+        check_choice("split", split, SPLITS)
+        check_positive_int("batch_size", batch_size)
         n = self.size(split)
         order = np.arange(n)
         if shuffle:
@@ -96,6 +96,5 @@ class Task:
 
 def split_counts(n_train, n_val, n_test):
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError("%s must be a positive integer, got %r" % (name, n))
+        check_positive_int(name, n)
     return {"train": n_train, "validation": n_val, "test": n_test}

@@ -3,6 +3,7 @@ import numpy as np
 
 from attnlab.data.task import SPLITS, Task, split_counts
 from attnlab.data.vocab import Vocabulary, pad_batch
+from attnlab.validation import check_positive_int
 
 
 def make_trigger(seed=0, n_train=4000, n_val=500, n_test=500, num_classes=4,
@@ -28,8 +29,7 @@ def make_trigger(seed=0, n_train=4000, n_val=500, n_test=500, num_classes=4,
     for name, value in (("num_classes", num_classes), ("num_filler", num_filler),
                         ("min_length", min_length), ("max_length", max_length),
                         ("max_triggers", max_triggers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError("%s must be a positive integer, got %r" % (name, value))
+        check_positive_int(name, value)
     if min_length > max_length:
         raise ValueError("min_length (%d) must be <= max_length (%d)" % (min_length, max_length))
     if max_triggers > min_length:

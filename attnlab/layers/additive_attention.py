@@ -1,73 +1,13 @@
 """Additive (Bahdanau) attention of an RNN decoder over encoder outputs (Bahdanau et al. 2015)."""
 import tensorflow as tf
 
-from attnlab.ops.masked_softmax import masked_softmax
-from attnlab.ops.masks import align_mask
-from attnlab.ops.validation import check_floating, check_positive_int, shape_str
-
-
-def seq2seq_inputs(layer_name, query, values, values_mask, dtype):
-    """Check decoder-over-encoder inputs, cast them to `dtype`, give the query a time axis.
-
-    Keras autocasts only a layer's first argument, so the values are cast here (they are
-    float32 under mixed_float16 when they come straight from an Input).
-
-    Args:
-        query: (B, T, Dq), or (B, Dq) for a single decoder step.
-        values: (B, S, Dv) encoder outputs.
-        values_mask: (B, S) mask of the values (True = real token) or None; when None the
-            Keras mask carried by `values` (from `Embedding(mask_zero=True)` or a masking
-            RNN) is used.
-
-    Returns:
-        (query (B, T, Dq), values, mask (B, 1, S) bool or None, single_step).
-    """
-    if values_mask is None:
-        values_mask = getattr(values, "_keras_mask", None)
-    query, values = tf.convert_to_tensor(query), tf.convert_to_tensor(values)
-    for name, x in (("query", query), ("values", values)):
-        check_floating(name, x)
-    if values.shape.rank != 3:
-        raise ValueError("%s expects values (encoder outputs) of shape (B, S, Dv), got %s"
-                         % (layer_name, shape_str(values)))
-    if query.shape.rank not in (2, 3):
-        raise ValueError("%s expects a query of shape (B, T, Dq) or (B, Dq) for one decoder "
-                         "step, got %s" % (layer_name, shape_str(query)))
-    mask = None
-    if values_mask is not None:
-        values_mask = tf.convert_to_tensor(values_mask)
-        if values_mask.shape.rank != 2:
-            raise ValueError("%s expects values_mask of shape (B, S), got %s (values %s)"
-                             % (layer_name, shape_str(values_mask), shape_str(values)))
-        mask = values_mask[:, tf.newaxis, :]
-    query, values = tf.cast(query, dtype), tf.cast(values, dtype)
-    single_step = query.shape.rank == 2
-    if single_step:
-        query = query[:, tf.newaxis, :]
-    return query, values, mask, single_step
-
-
-def known_depth(layer_name, name, x):
-    """The static last dimension of `x`, which sizes the layer's weights."""
-    if x.shape[-1] is None:
-        raise ValueError("%s needs a known %s depth (last dimension), got shape %s"
-                         % (layer_name, name, shape_str(x)))
-    return x.shape[-1]
-
-
-def seq2seq_context(scores, values, mask, single_step):
-    """Masked softmax over the S axis of (B, T, S) scores and the weighted sum of values.
-
-    Returns:
-        context (B, T, Dv) and weights (B, T, S), without the T axis for a single step.
-    """
-    if mask is not None:
-        mask = align_mask(mask, scores.shape)
-    weights = masked_softmax(scores, mask)
-    context = tf.matmul(weights, values)
-    if single_step:
-        return context[:, 0], weights[:, 0]
-    return context, weights
+from attnlab.layers.layer_helpers import (
+    clone_initializer,
+    known_depth,
+    seq2seq_context,
+    seq2seq_inputs,
+)
+from attnlab.validation import check_positive_int
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -113,10 +53,8 @@ class AdditiveAttention(tf.keras.layers.Layer):
     def _create_weights(self, query_depth, values_depth):
         # Called from `call`: Keras's build() only sees the first argument's shape.
         def kernel(name, shape):
-            # A fresh initializer per weight: a reused unseeded instance repeats its values.
-            initializer = self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config())
-            return self.add_weight(name, shape=shape, initializer=initializer,
+            return self.add_weight(name, shape=shape,
+                                   initializer=clone_initializer(self.kernel_initializer),
                                    regularizer=self.kernel_regularizer, trainable=True)
 
         self.query_kernel = kernel("query_kernel", (query_depth, self.units))     # W1

@@ -13,7 +13,7 @@ import string
 import tensorflow as tf
 
 from attnlab.ops.masks import as_bool_mask
-from attnlab.ops.validation import shape_str
+from attnlab.validation import shape_str
 
 
 def projection_equation(free_dims, bound_dims, output_dims):

@@ -1,7 +1,8 @@
 """Convolutional Block Attention Module, CBAM (Woo et al. 2018): channel then spatial."""
 import tensorflow as tf
 
-from attnlab.layers.channel_attention import ChannelAttention, image_channels
+from attnlab.layers.channel_attention import ChannelAttention
+from attnlab.layers.layer_helpers import image_channels
 from attnlab.layers.spatial_attention import SpatialAttention
 
 

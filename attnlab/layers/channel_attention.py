@@ -1,18 +1,8 @@
 """Channel attention of CBAM (Woo et al. 2018): which feature maps matter."""
 import tensorflow as tf
 
-from attnlab.ops.validation import check_positive_int
-
-
-def image_channels(layer_name, input_shape):
-    """The channel count C of channels-last images (B, H, W, C); ValueError otherwise."""
-    input_shape = tf.TensorShape(input_shape)
-    if input_shape.rank != 4 or input_shape[-1] is None:
-        shape = "(unknown rank)" if input_shape.rank is None else str(
-            tuple(input_shape.as_list()))
-        raise ValueError("%s expects channels-last images (B, H, W, C) with a known C, got "
-                         "shape %s" % (layer_name, shape))
-    return input_shape[-1]
+from attnlab.layers.layer_helpers import clone_initializer, image_channels
+from attnlab.validation import check_positive_int
 
 
 def reduced_channels(layer_name, channels, ratio):
@@ -21,11 +11,6 @@ def reduced_channels(layer_name, channels, ratio):
         raise ValueError("%s: C // ratio must be >= 1, got C=%d channels with ratio=%d (use a "
                          "ratio <= %d)" % (layer_name, channels, ratio, channels))
     return channels // ratio
-
-
-def fresh(initializer):
-    """A copy of `initializer`: a reused unseeded instance repeats its values."""
-    return initializer.__class__.from_config(initializer.get_config())
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -53,6 +38,11 @@ class ChannelAttention(tf.keras.layers.Layer):
         TensorShape([2, 8, 8, 16])
     """
 
+    # The pooled descriptors that share the MLP (squeeze-and-excitation keeps the average
+    # only) and the names of its (kernel, bias) pairs, hidden layer first.
+    _poolings = (tf.reduce_mean, tf.reduce_max)
+    _weight_names = (("hidden_kernel", "hidden_bias"), ("output_kernel", "output_bias"))
+
     def __init__(self, ratio=8, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
@@ -62,29 +52,32 @@ class ChannelAttention(tf.keras.layers.Layer):
         self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
 
     def build(self, input_shape):
-        channels = image_channels("ChannelAttention", input_shape)
-        hidden = reduced_channels("ChannelAttention", channels, self.ratio)
-
-        def weight(name, shape, initializer, regularizer=None):
-            return self.add_weight(name, shape=shape, initializer=fresh(initializer),
-                                   regularizer=regularizer, trainable=True)
-
-        self.hidden_kernel = weight("hidden_kernel", (channels, hidden), self.kernel_initializer,
-                                    self.kernel_regularizer)
-        self.hidden_bias = weight("hidden_bias", (hidden,), self.bias_initializer)
-        self.output_kernel = weight("output_kernel", (hidden, channels), self.kernel_initializer,
-                                    self.kernel_regularizer)
-        self.output_bias = weight("output_bias", (channels,), self.bias_initializer)
+        layer_name = type(self).__name__
+        channels = image_channels(layer_name, input_shape)
+        hidden = reduced_channels(layer_name, channels, self.ratio)
+        for (kernel_name, bias_name), (fan_in, fan_out) in zip(
+                self._weight_names, ((channels, hidden), (hidden, channels))):
+            kernel = self.add_weight(kernel_name, shape=(fan_in, fan_out),
+                                     initializer=clone_initializer(self.kernel_initializer),
+                                     regularizer=self.kernel_regularizer, trainable=True)
+            bias = self.add_weight(bias_name, shape=(fan_out,),
+                                   initializer=clone_initializer(self.bias_initializer),
+                                   trainable=True)
+            setattr(self, kernel_name, kernel)
+            setattr(self, bias_name, bias)
         super().build(input_shape)
 
     def _mlp(self, descriptor):
-        hidden = tf.nn.relu(tf.matmul(descriptor, self.hidden_kernel) + self.hidden_bias)
-        return tf.matmul(hidden, self.output_kernel) + self.output_bias
+        """The bottleneck MLP, C -> C // ratio (ReLU) -> C, on (B, C) descriptors."""
+        (hidden_kernel, hidden_bias), (output_kernel, output_bias) = (
+            (getattr(self, kernel), getattr(self, bias)) for kernel, bias in self._weight_names)
+        hidden = tf.nn.relu(tf.matmul(descriptor, hidden_kernel) + hidden_bias)
+        return tf.matmul(hidden, output_kernel) + output_bias
 
     def call(self, inputs):
-        average = tf.reduce_mean(inputs, axis=[1, 2])
-        maximum = tf.reduce_max(inputs, axis=[1, 2])
-        scale = tf.sigmoid(self._mlp(average) + self._mlp(maximum))
+        # Each descriptor (B, C) pooled over H and W goes through the one MLP; logits add.
+        logits = [self._mlp(pool(inputs, axis=[1, 2])) for pool in self._poolings]
+        scale = tf.sigmoid(sum(logits[1:], logits[0]))
         return inputs * scale[:, tf.newaxis, tf.newaxis, :]
 
     def compute_output_shape(self, input_shape):

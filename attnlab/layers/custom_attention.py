@@ -1,9 +1,10 @@
 """A single-head self-attention layer: the first custom attention most researchers write."""
 import tensorflow as tf
 
+from attnlab.layers.layer_helpers import clone_initializer
 from attnlab.ops.masks import combine_masks
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
-from attnlab.ops.validation import check_floating, check_positive_int, shape_str
+from attnlab.validation import check_bool, check_floating, check_positive_int, shape_str
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -41,12 +42,8 @@ class CustomAttention(tf.keras.layers.Layer):
                  kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.head_size = check_positive_int("head_size", head_size)
-        if not isinstance(return_weights, bool):
-            raise TypeError("return_weights must be a bool, got %r" % (return_weights,))
-        if not isinstance(use_bias, bool):
-            raise TypeError("use_bias must be a bool, got %r" % (use_bias,))
-        self.return_weights = return_weights
-        self.use_bias = use_bias
+        self.return_weights = check_bool("return_weights", return_weights)
+        self.use_bias = check_bool("use_bias", use_bias)
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
         self.bias_initializer = tf.keras.initializers.get(bias_initializer)
         self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
@@ -61,18 +58,16 @@ class CustomAttention(tf.keras.layers.Layer):
                                             if input_shape.rank is not None else None,))
         depth = input_shape[-1]
         for name in ("query", "key", "value"):
-            # A fresh initializer per kernel: a seeded initializer object reused three times
-            # would give three identical projections.
             kernel = self.add_weight(
                 name=name + "_kernel", shape=(depth, self.head_size),
-                initializer=_clone_initializer(self.kernel_initializer),
+                initializer=clone_initializer(self.kernel_initializer),
                 regularizer=self.kernel_regularizer, trainable=True)
             setattr(self, name + "_kernel", kernel)
             bias = None
             if self.use_bias:
                 bias = self.add_weight(
                     name=name + "_bias", shape=(self.head_size,),
-                    initializer=_clone_initializer(self.bias_initializer),
+                    initializer=clone_initializer(self.bias_initializer),
                     regularizer=self.bias_regularizer, trainable=True)
             setattr(self, name + "_bias", bias)
         super().build(input_shape)
@@ -131,7 +126,3 @@ class CustomAttention(tf.keras.layers.Layer):
             "bias_regularizer": tf.keras.regularizers.serialize(self.bias_regularizer),
         })
         return config
-
-
-def _clone_initializer(initializer):
-    return initializer.__class__.from_config(initializer.get_config())

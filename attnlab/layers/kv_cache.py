@@ -9,7 +9,7 @@ place at `cache_update_index`, so a decoding loop runs inside `tf.function` /
 """
 import tensorflow as tf
 
-from attnlab.ops.validation import check_positive_int, shape_str
+from attnlab.validation import check_positive_int, shape_str
 
 LENGTH_AXIS = 2
 

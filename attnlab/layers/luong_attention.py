@@ -5,8 +5,13 @@ Translation", section 3.1 (global attention).
 """
 import tensorflow as tf
 
-from attnlab.layers.additive_attention import known_depth, seq2seq_context, seq2seq_inputs
-from attnlab.ops.validation import check_positive_int
+from attnlab.layers.layer_helpers import (
+    clone_initializer,
+    known_depth,
+    seq2seq_context,
+    seq2seq_inputs,
+)
+from attnlab.validation import check_choice, check_positive_int
 
 SCORES = ("dot", "general", "concat")
 
@@ -51,8 +56,7 @@ class LuongAttention(tf.keras.layers.Layer):
     def __init__(self, score="general", units=None, kernel_initializer="glorot_uniform",
                  kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        if score not in SCORES:
-            raise ValueError("score must be one of %s, got %r" % (", ".join(SCORES), score))
+        check_choice("score", score, SCORES)
         if units is not None:
             if score != "concat":
                 raise ValueError("units is only used by score='concat', got units=%r with "
@@ -67,10 +71,8 @@ class LuongAttention(tf.keras.layers.Layer):
     def _create_weights(self, query_depth, values_depth):
         # Called from `call`: Keras's build() only sees the first argument's shape.
         def kernel(name, shape):
-            # A fresh initializer per weight: a reused unseeded instance repeats its values.
-            initializer = self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config())
-            return self.add_weight(name, shape=shape, initializer=initializer,
+            return self.add_weight(name, shape=shape,
+                                   initializer=clone_initializer(self.kernel_initializer),
                                    regularizer=self.kernel_regularizer, trainable=True)
 
         if self.score == "general":

@@ -1,12 +1,12 @@
 """Multi-head attention with the public API of tf.keras.layers.MultiHeadAttention, a choice
 of attention kernel (`attnlab.ops.kernels`) and a KV cache for incremental decoding."""
-import contextlib
 import math
 
 import tensorflow as tf
 
 from attnlab.layers.attention_layout import AttentionLayout, projection_equation
 from attnlab.layers.kv_cache import empty_cache, update_cache
+from attnlab.layers.layer_helpers import clone_initializer, init_scope
 from attnlab.ops.kernels import (
     FULL_KERNELS,
     attention_kernel,
@@ -15,26 +15,13 @@ from attnlab.ops.kernels import (
 )
 from attnlab.ops.masks import align_mask, band_mask, causal_mask, combine_masks
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention, static_training
-from attnlab.ops.validation import check_floating, check_positive_int, check_rate, shape_str
+from attnlab.validation import check_bool, check_floating, check_positive_int, check_rate, shape_str
 
 # Exported as experimental in TF 2.9, also under tf.keras.layers from TF 2.10 on.
 EinsumDense = getattr(tf.keras.layers, "EinsumDense", None) or \
     tf.keras.layers.experimental.EinsumDense
 # Constructor arguments of attnlab's layer that tf.keras.layers.MultiHeadAttention lacks.
 ATTNLAB_ARGUMENTS = ("attention_impl", "window", "chunk_size")
-
-
-def _init_scope():
-    # Variables created lazily inside `call` must live outside any tf.function being traced.
-    if tf.compat.v1.executing_eagerly_outside_functions():
-        return tf.init_scope()
-    return contextlib.nullcontext()
-
-
-def _clone(initializer):
-    # Each projection gets its own initializer object: a seeded initializer reused for
-    # several kernels would make them identical.
-    return initializer.__class__.from_config(initializer.get_config())
 
 
 def _check_output_shape(name, output_shape):
@@ -151,9 +138,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         self.value_dim = key_dim if value_dim is None else check_positive_int(
             "value_dim", value_dim)
         self.dropout = check_rate("dropout", dropout)
-        if not isinstance(use_bias, bool):
-            raise TypeError("use_bias must be a bool, got %r" % (use_bias,))
-        self.use_bias = use_bias
+        self.use_bias = check_bool("use_bias", use_bias)
         if output_dim is not None and output_shape is not None:
             raise ValueError("give output_shape or its former name output_dim, not both "
                              "(got output_shape=%r, output_dim=%r)" % (output_shape, output_dim))
@@ -226,7 +211,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             shapes["query"], shapes["value"], shapes["key"])
         free = rank - 1  # the batch and position axes, kept by every projection
         heads = self.num_heads
-        with _init_scope():
+        with init_scope():
             # Same creation order as Keras MHA: query, key, value, attention_output.
             self._query_dense = self._projection(
                 "query", free, 1, [heads, self.key_dim], shapes["query"])
@@ -246,8 +231,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         dense = EinsumDense(
             equation, output_shape=[None] * (free_dims - 1) + list(output_dims),
             bias_axes=bias_axes if self.use_bias else None, name=name,
-            kernel_initializer=_clone(self.kernel_initializer),
-            bias_initializer=_clone(self.bias_initializer),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             kernel_regularizer=self.kernel_regularizer, bias_regularizer=self.bias_regularizer,
             kernel_constraint=self.kernel_constraint, bias_constraint=self.bias_constraint,
             dtype=self._dtype_policy)

@@ -1,7 +1,7 @@
 """Spatial attention of CBAM (Woo et al. 2018): where in the image to look."""
 import tensorflow as tf
 
-from attnlab.layers.channel_attention import fresh, image_channels
+from attnlab.layers.layer_helpers import clone_initializer, image_channels
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -52,9 +52,10 @@ class SpatialAttention(tf.keras.layers.Layer):
         image_channels("SpatialAttention", input_shape)
         k = self.kernel_size
         self.kernel = self.add_weight("kernel", shape=(k, k, 2, 1),
-                                      initializer=fresh(self.kernel_initializer),
+                                      initializer=clone_initializer(self.kernel_initializer),
                                       regularizer=self.kernel_regularizer, trainable=True)
-        self.bias = self.add_weight("bias", shape=(1,), initializer=fresh(self.bias_initializer),
+        self.bias = self.add_weight("bias", shape=(1,),
+                                    initializer=clone_initializer(self.bias_initializer),
                                     trainable=True)
         super().build(input_shape)
 

@@ -2,16 +2,17 @@
 on the encoder output, feed-forward; residuals and LayerNorm; KV cache for decoding."""
 import tensorflow as tf
 
-from attnlab.layers.multi_head_attention import MultiHeadAttention
-from attnlab.layers.transformer_encoder import (
-    TransformerEncoderBlock,
+from attnlab.layers.layer_helpers import (
     build_sublayer,
+    clone_initializer,
     key_padding_mask,
     model_depth,
     without_keras_mask,
 )
+from attnlab.layers.multi_head_attention import MultiHeadAttention
+from attnlab.layers.transformer_encoder import TransformerEncoderBlock
 from attnlab.ops.masks import combine_masks
-from attnlab.ops.validation import check_floating
+from attnlab.validation import check_bool, check_floating
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -71,10 +72,7 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
                          activation=activation, layer_norm_epsilon=layer_norm_epsilon,
                          kernel_initializer=kernel_initializer,
                          bias_initializer=bias_initializer, **kwargs)
-        if not isinstance(use_cross_attention, bool):
-            raise TypeError("use_cross_attention must be a bool, got %r"
-                            % (use_cross_attention,))
-        self.use_cross_attention = use_cross_attention
+        self.use_cross_attention = check_bool("use_cross_attention", use_cross_attention)
 
     def build(self, input_shape):
         # Self-attention and feed-forward as in the encoder block; the cross-attention is
@@ -85,8 +83,8 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
         if self.use_cross_attention:
             self.cross_attention = MultiHeadAttention(
                 self.num_heads, depth // self.num_heads, dropout=self.dropout,
-                kernel_initializer=_clone(self.kernel_initializer),
-                bias_initializer=_clone(self.bias_initializer), dtype=self._dtype_policy,
+                kernel_initializer=clone_initializer(self.kernel_initializer),
+                bias_initializer=clone_initializer(self.bias_initializer), dtype=self._dtype_policy,
                 name="cross_attention")
             build_sublayer(self.cross_attention, shape, shape)
             self.cross_attention_norm = tf.keras.layers.LayerNormalization(
@@ -185,7 +183,3 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
             config.pop(name)
         config["use_cross_attention"] = self.use_cross_attention
         return config
-
-
-def _clone(initializer):
-    return initializer.__class__.from_config(initializer.get_config())

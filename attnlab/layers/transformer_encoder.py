@@ -2,10 +2,17 @@
 wrapped in a residual connection and LayerNorm (post-norm as in the paper, or pre-norm)."""
 import tensorflow as tf
 
+from attnlab.layers.layer_helpers import (
+    build_sublayer,
+    clone_initializer,
+    key_padding_mask,
+    model_depth,
+    without_keras_mask,
+)
 from attnlab.layers.multi_head_attention import MultiHeadAttention
 from attnlab.ops.kernels import FULL_KERNELS, check_attention_impl, resolve_attention_impl
 from attnlab.ops.masks import combine_masks
-from attnlab.ops.validation import check_floating, check_positive_int, check_rate
+from attnlab.validation import check_bool, check_floating, check_positive_int, check_rate
 
 
 def check_block_arguments(num_heads, intermediate_dim, dropout, norm_first, activation,
@@ -14,8 +21,7 @@ def check_block_arguments(num_heads, intermediate_dim, dropout, norm_first, acti
     check_positive_int("num_heads", num_heads)
     check_positive_int("intermediate_dim", intermediate_dim)
     dropout = check_rate("dropout", dropout)
-    if not isinstance(norm_first, bool):
-        raise TypeError("norm_first must be a bool, got %r" % (norm_first,))
+    check_bool("norm_first", norm_first)
     if isinstance(layer_norm_epsilon, bool) or not isinstance(layer_norm_epsilon, (int, float)) \
             or not layer_norm_epsilon > 0:
         raise ValueError("layer_norm_epsilon must be a positive number, got %r"
@@ -26,42 +32,6 @@ def check_block_arguments(num_heads, intermediate_dim, dropout, norm_first, acti
         raise ValueError("activation %r is not a Keras activation: %s"
                          % (activation, error)) from None
     return dropout, activation
-
-
-def model_depth(input_shape, num_heads, block_name):
-    """D from a (B, T, D) shape, checked to split into `num_heads` heads."""
-    input_shape = tf.TensorShape(input_shape)
-    if input_shape.rank != 3 or input_shape[-1] is None:
-        raise ValueError("%s expects inputs of shape (B, T, D) with a known D, got %s" % (
-            block_name, tuple(input_shape.as_list()) if input_shape.rank is not None
-            else "(unknown rank)"))
-    depth = input_shape[-1]
-    if depth % num_heads:
-        raise ValueError("%s: the model depth D=%d is not divisible by num_heads=%d (each head "
-                         "gets D // num_heads dimensions)" % (block_name, depth, num_heads))
-    return depth
-
-
-def build_sublayer(layer, *shapes):
-    """Build a sublayer now, under its own name scope so variable names stay unique
-    (`block/feedforward_output/kernel`), which the H5 format needs."""
-    with tf.name_scope(layer.name):
-        layer.build(*shapes)
-
-
-def without_keras_mask(x):
-    """`x` without its `_keras_mask`: the blocks pass padding as an explicit key mask, and the
-    attention layer would otherwise also hide padded queries (zero rows)."""
-    if getattr(x, "_keras_mask", None) is None:
-        return x
-    return tf.identity(x)
-
-
-def key_padding_mask(mask):
-    """(B, S) padding mask -> (B, 1, S) key mask (None stays None)."""
-    if mask is None:
-        return None
-    return tf.cast(mask, tf.bool)[:, tf.newaxis, :]
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -128,8 +98,8 @@ class TransformerEncoderBlock(tf.keras.layers.Layer):
     def _dense(self, units, name, activation=None):
         return tf.keras.layers.Dense(
             units, activation=activation,
-            kernel_initializer=_clone(self.kernel_initializer),
-            bias_initializer=_clone(self.bias_initializer), dtype=self._dtype_policy,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer), dtype=self._dtype_policy,
             name=name)
 
     def build(self, input_shape):
@@ -140,8 +110,8 @@ class TransformerEncoderBlock(tf.keras.layers.Layer):
             dropout=self.dropout if resolve_attention_impl(self.attention_impl) in FULL_KERNELS
             else 0.0,
             attention_impl=self.attention_impl, window=self.window, chunk_size=self.chunk_size,
-            kernel_initializer=_clone(self.kernel_initializer),
-            bias_initializer=_clone(self.bias_initializer), dtype=self._dtype_policy,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer), dtype=self._dtype_policy,
             name="self_attention")
         build_sublayer(self.self_attention, shape, shape)
         self.self_attention_norm = tf.keras.layers.LayerNormalization(
@@ -216,8 +186,3 @@ class TransformerEncoderBlock(tf.keras.layers.Layer):
             "bias_initializer": tf.keras.initializers.serialize(self.bias_initializer),
         })
         return config
-
-
-def _clone(initializer):
-    # A fresh initializer object per sublayer: a seeded one reused would repeat its values.
-    return initializer.__class__.from_config(initializer.get_config())

@@ -3,7 +3,7 @@ import tensorflow as tf
 
 from attnlab.layers.custom_attention import CustomAttention
 from attnlab.layers.multi_head_attention import MultiHeadAttention
-from attnlab.ops.validation import check_positive_int
+from attnlab.validation import check_choice, check_positive_int
 
 ATTENTIONS = ("custom", "multi_head")
 POOLINGS = ("mean", "max")
@@ -44,10 +44,8 @@ class AttentionClassifier(tf.keras.Model):
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.embed_dim = check_positive_int("embed_dim", embed_dim)
         self.num_heads = check_positive_int("num_heads", num_heads)
-        if attention not in ATTENTIONS:
-            raise ValueError("attention must be one of %s, got %r" % (ATTENTIONS, attention))
-        if pooling not in POOLINGS:
-            raise ValueError("pooling must be one of %s, got %r" % (POOLINGS, pooling))
+        check_choice("attention", attention, ATTENTIONS)
+        check_choice("pooling", pooling, POOLINGS)
         if attention == "multi_head" and embed_dim % num_heads:
             raise ValueError("embed_dim (%d) must be divisible by num_heads (%d)"
                              % (embed_dim, num_heads))

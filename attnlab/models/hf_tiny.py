@@ -9,6 +9,8 @@ where they are installed.
 """
 import functools
 
+from attnlab.validation import check_choice
+
 FAMILIES = ("bert", "distilbert", "gpt2", "t5", "bart")
 
 # A few sentences whose longer words the small vocabularies split into pieces.
@@ -109,7 +111,7 @@ def tiny_tokenizer(family, vocab_size=None):
         >>> tiny_tokenizer("bert").tokenize("The cats")
         ['the', 'cat', '##s']
     """
-    _check_family(family)
+    check_choice("family", family, FAMILIES)
     transformers = _transformers()
     from tokenizers import Tokenizer
 
@@ -136,11 +138,6 @@ def tiny_tokenizer(family, vocab_size=None):
                                                 model_input_names=inputs, **names)
 
 
-def _check_family(family):
-    if family not in FAMILIES:
-        raise ValueError("family must be one of %s, got %r" % (", ".join(FAMILIES), family))
-
-
 def tiny_config(family, tokenizer, hidden=32, layers=2, heads=4, max_length=128):
     """A small config of the family, sized for `tokenizer`.
 
@@ -157,7 +154,7 @@ def tiny_config(family, tokenizer, hidden=32, layers=2, heads=4, max_length=128)
         >>> tiny_config("bert", tiny_tokenizer("bert")).num_hidden_layers
         2
     """
-    _check_family(family)
+    check_choice("family", family, FAMILIES)
     transformers = _transformers()
     vocab = len(tokenizer)
     if family == "bert":

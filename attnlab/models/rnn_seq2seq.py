@@ -3,7 +3,7 @@ import tensorflow as tf
 
 from attnlab.layers.additive_attention import AdditiveAttention
 from attnlab.layers.luong_attention import LuongAttention
-from attnlab.ops.validation import check_positive_int
+from attnlab.validation import check_choice, check_positive_int
 
 CELLS = ("gru", "lstm")
 ATTENTIONS = ("additive", "luong")
@@ -45,10 +45,8 @@ class RNNSeq2Seq(tf.keras.Model):
         self.target_vocab_size = check_positive_int("target_vocab_size", target_vocab_size)
         self.embed_dim = check_positive_int("embed_dim", embed_dim)
         self.units = check_positive_int("units", units)
-        if cell not in CELLS:
-            raise ValueError("cell must be one of %s, got %r" % (CELLS, cell))
-        if attention not in ATTENTIONS:
-            raise ValueError("attention must be one of %s, got %r" % (ATTENTIONS, attention))
+        check_choice("cell", cell, CELLS)
+        check_choice("attention", attention, ATTENTIONS)
         self.cell = cell
         self.attention_type = attention
         rnn = tf.keras.layers.GRU if cell == "gru" else tf.keras.layers.LSTM

@@ -6,7 +6,7 @@ import tensorflow as tf
 from attnlab.layers.positional.sinusoidal import SinusoidalPositionEncoding
 from attnlab.layers.transformer_decoder import TransformerDecoderBlock
 from attnlab.layers.transformer_encoder import TransformerEncoderBlock
-from attnlab.ops.validation import check_positive_int, check_rate
+from attnlab.validation import check_positive_int, check_rate
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")

@@ -33,11 +33,11 @@ from attnlab.ops.chunk_plan import (
     with_column,
     with_ones_column,
 )
-from attnlab.ops.full import EXP_ROW_SUM_LIMIT, check_normalization
+from attnlab.ops.full import EXP_ROW_SUM_LIMIT, NORMALIZATIONS
 from attnlab.ops.masked_softmax import mask_value, softmax_dtype
 from attnlab.ops.masks import align_mask
 from attnlab.ops.scaled_dot_product import resolve_scale
-from attnlab.ops.validation import check_positive_int, check_query_key_value, shape_str
+from attnlab.validation import check_choice, check_positive_int, check_query_key_value, shape_str
 
 
 # ------------------------------------------------------------------ one block
@@ -436,7 +436,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                      check_positive_int("query_chunk_size", query_chunk_size),
                      check_positive_int("key_chunk_size", key_chunk_size))
     acc_dtype = softmax_dtype(query.dtype)
-    via_exp = check_normalization(normalization) == "exp" and query.dtype == acc_dtype
+    normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+    via_exp = normalization == "exp" and query.dtype == acc_dtype
     query, chunk_scale = _split_scale(query, scale)
     forward = _forward_exp if via_exp else _forward
 

@@ -17,7 +17,7 @@ from attnlab.ops.scaled_dot_product import (
     scale_query,
     scaled_dot_product_attention,
 )
-from attnlab.ops.validation import check_query_key_value
+from attnlab.validation import check_choice, check_query_key_value
 
 NORMALIZATIONS = ("softmax", "exp")
 
@@ -25,13 +25,6 @@ NORMALIZATIONS = ("softmax", "exp")
 # visible (its own term is exp(0)), and far enough below the float32 maximum that the
 # gradient's (T, dv)-sized terms divided by the sum stay normal floats.
 EXP_ROW_SUM_LIMIT = 2.0 ** 100
-
-
-def check_normalization(normalization):
-    if normalization not in NORMALIZATIONS:
-        raise ValueError("normalization must be one of %s, got %r"
-                         % (", ".join(NORMALIZATIONS), normalization))
-    return normalization
 
 
 # Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
@@ -52,7 +45,7 @@ def full_attention(query, key, value, mask=None, causal=False, scale=None, causa
         take the reference (its float32 softmax) as they are.
     """
     query, key, value = check_query_key_value(query, key, value)
-    check_normalization(normalization)
+    check_choice("normalization", normalization, NORMALIZATIONS)
     query = scale_query(query, resolve_scale(scale, query))
     scores_shape = tf.TensorShape(None)
     if query.shape.rank is not None and key.shape.rank is not None:

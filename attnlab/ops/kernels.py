@@ -30,7 +30,7 @@ import tensorflow as tf
 from attnlab.ops.chunked import chunked_attention
 from attnlab.ops.full import full_attention
 from attnlab.ops.local import local_attention
-from attnlab.ops.validation import check_positive_int
+from attnlab.validation import check_choice, check_positive_int
 
 KERNELS = ("full", "full_exp", "chunked", "chunked_exp", "local")
 ATTENTION_IMPLS = ("auto",) + KERNELS
@@ -89,9 +89,7 @@ def default_attention_impl():
 def check_attention_impl(attention_impl, window=None):
     """Raise ValueError unless `attention_impl` names a kernel (or "auto") that its options
     allow; returns it."""
-    if attention_impl not in ATTENTION_IMPLS:
-        raise ValueError("attention_impl must be one of %s, got %r"
-                         % (", ".join(ATTENTION_IMPLS), attention_impl))
+    check_choice("attention_impl", attention_impl, ATTENTION_IMPLS)
     if attention_impl == "local" and window is None:
         raise ValueError("attention_impl='local' needs a window (a positive integer), "
                          "got window=None")

@@ -13,7 +13,7 @@ from attnlab.ops.masked_softmax import masked_softmax
 from attnlab.ops.masks import align_mask
 from attnlab.ops.scaled_dot_product import resolve_scale, scale_query
 from attnlab.ops.shapes import static_or_dynamic_length
-from attnlab.ops.validation import check_positive_int, check_query_key_value, shape_str
+from attnlab.validation import check_positive_int, check_query_key_value, shape_str
 
 
 def _check_window(window):

@@ -6,7 +6,7 @@ tf.keras.layers.MultiHeadAttention.
 """
 import tensorflow as tf
 
-from attnlab.ops.validation import shape_str
+from attnlab.validation import shape_str
 
 
 def padding_mask(ids, pad_id=0):

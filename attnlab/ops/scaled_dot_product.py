@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from attnlab.ops.masked_softmax import masked_softmax
 from attnlab.ops.masks import align_mask, causal_mask, combine_masks
-from attnlab.ops.validation import check_query_key_value, check_rate, shape_str
+from attnlab.validation import check_query_key_value, check_rate, shape_str
 
 
 def resolve_mask(mask, causal, scores_shape, query_length, key_length, causal_offset=None):

@@ -18,6 +18,8 @@ import os
 import tempfile
 import time
 
+from attnlab.validation import check_choice
+
 STATES = ("created", "running", "finished", "failed", "stopped")
 
 
@@ -70,8 +72,7 @@ class RunDir:
 
     def write_status(self, state, **fields):
         """Replace status.json with `state` and `fields` merged into the previous status."""
-        if state not in STATES:
-            raise ValueError("state must be one of %s, got %r" % (STATES, state))
+        check_choice("state", state, STATES)
         status = self.read_status() or {}
         status.update(fields)
         status.update({"state": state, "updated": time.time()})

@@ -7,6 +7,8 @@ probability that ramps up over training.
 """
 import tensorflow as tf
 
+from attnlab.validation import check_number, check_positive_int
+
 
 class ScheduledSampling:
     """Mixes the model's own predictions into the decoder inputs of a training batch.
@@ -30,13 +32,8 @@ class ScheduledSampling:
     """
 
     def __init__(self, max_rate, ramp_epochs, target_key="target_in", pad_id=0, seed=0):
-        if isinstance(max_rate, bool) or not isinstance(max_rate, (int, float)) or \
-                not 0.0 < max_rate <= 1.0:
-            raise ValueError("max_rate must be a number in (0, 1], got %r" % (max_rate,))
-        if isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, int) or ramp_epochs <= 0:
-            raise ValueError("ramp_epochs must be a positive integer, got %r" % (ramp_epochs,))
-        self.max_rate = float(max_rate)
-        self.ramp_epochs = ramp_epochs
+        self.max_rate = float(check_number("max_rate", max_rate, above=0, at_most=1))
+        self.ramp_epochs = check_positive_int("ramp_epochs", ramp_epochs)
         self.target_key = target_key
         self.pad_id = pad_id
         self.seed = seed

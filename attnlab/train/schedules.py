@@ -3,13 +3,7 @@ import math
 
 import tensorflow as tf
 
-
-def _check_number(name, value, minimum=0.0, strict=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (value <= minimum if strict else value < minimum):
-        raise ValueError("%s must be a number %s %s, got %r"
-                         % (name, ">" if strict else ">=", minimum, value))
-    return value
+from attnlab.validation import check_non_negative_int, check_number, check_positive_int
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -33,14 +27,9 @@ class NoamSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, d_model, warmup_steps=4000, scale=1.0):
         super().__init__()
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError("d_model must be a positive integer, got %r" % (d_model,))
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or \
-                warmup_steps <= 0:
-            raise ValueError("warmup_steps must be a positive integer, got %r" % (warmup_steps,))
-        self.d_model = d_model
-        self.warmup_steps = warmup_steps
-        self.scale = float(_check_number("scale", scale, strict=True))
+        self.d_model = check_positive_int("d_model", d_model)
+        self.warmup_steps = check_positive_int("warmup_steps", warmup_steps)
+        self.scale = float(check_number("scale", scale, above=0))
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32) + 1.0
@@ -73,16 +62,12 @@ class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak_learning_rate, warmup_steps, decay_steps, min_learning_rate=0.0):
         super().__init__()
-        self.peak_learning_rate = float(_check_number("peak_learning_rate", peak_learning_rate,
-                                                      strict=True))
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or \
-                warmup_steps < 0:
-            raise ValueError("warmup_steps must be an integer >= 0, got %r" % (warmup_steps,))
-        if isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps <= 0:
-            raise ValueError("decay_steps must be a positive integer, got %r" % (decay_steps,))
-        self.warmup_steps = warmup_steps
-        self.decay_steps = decay_steps
-        self.min_learning_rate = float(_check_number("min_learning_rate", min_learning_rate))
+        self.peak_learning_rate = float(check_number("peak_learning_rate", peak_learning_rate,
+                                                     above=0))
+        self.warmup_steps = check_non_negative_int("warmup_steps", warmup_steps)
+        self.decay_steps = check_positive_int("decay_steps", decay_steps)
+        self.min_learning_rate = float(check_number("min_learning_rate", min_learning_rate,
+                                                    at_least=0))
         if self.min_learning_rate > self.peak_learning_rate:
             raise ValueError("min_learning_rate (%r) must be <= peak_learning_rate (%r)"
                              % (min_learning_rate, peak_learning_rate))

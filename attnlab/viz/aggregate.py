@@ -5,6 +5,8 @@ as returned by tf.keras.layers.MultiHeadAttention(return_attention_scores=True).
 """
 import numpy as np
 
+from attnlab.validation import check_choice
+
 HEAD_REDUCTIONS = ("mean", "max")
 
 
@@ -51,8 +53,7 @@ def reduce_heads(weights, how="mean"):
         >>> reduce_heads(np.ones((2, 4, 3, 3)), "max").shape
         (2, 3, 3)
     """
-    if how not in HEAD_REDUCTIONS:
-        raise ValueError("how must be one of %s, got %r" % (HEAD_REDUCTIONS, how))
+    check_choice("how", how, HEAD_REDUCTIONS)
     weights = as_weights(weights, min_rank=3)
     return weights.mean(axis=-3) if how == "mean" else weights.max(axis=-3)
 

@@ -18,6 +18,7 @@ import numbers
 import os
 import re
 
+from attnlab.validation import check_choice
 from attnlab.viz.explorer_figure import ExplorerFigure
 from attnlab.viz.explorer_panel import ExplorerPanel, batch_size, explorer_frames
 from attnlab.viz.plots import EXPORT_FORMATS, atomic_write_bytes, export_format
@@ -65,8 +66,7 @@ class AttentionExplorer:
                  panel_size=(4.2, 4.8), dpi=100, pixel_ratio=1):
         import ipywidgets as widgets
 
-        if backend not in ("auto", "ipympl", "image"):
-            raise ValueError("backend must be 'auto', 'ipympl' or 'image', got %r" % (backend,))
+        check_choice("backend", backend, ("auto", "ipympl", "image"))
         if isinstance(pixel_ratio, bool) or not isinstance(pixel_ratio, numbers.Real) \
                 or not 0 < pixel_ratio <= 8:
             raise ValueError("pixel_ratio must be a number in (0, 8] (device pixels per CSS "

@@ -9,6 +9,7 @@ import math
 import os
 import tempfile
 
+from attnlab.validation import check_positive_int
 from attnlab.viz.aggregate import as_weights
 
 EXPORT_FORMATS = ("png", "svg")
@@ -28,8 +29,7 @@ def tick_positions(length, max_ticks):
         >>> tick_positions(10, 4)
         [0, 3, 6, 9]
     """
-    if isinstance(max_ticks, bool) or not isinstance(max_ticks, int) or max_ticks < 1:
-        raise ValueError("max_ticks must be a positive integer, got %r" % (max_ticks,))
+    check_positive_int("max_ticks", max_ticks)
     step = max(1, int(math.ceil(length / float(max_ticks))))
     return list(range(0, length, step))
 
@@ -136,8 +136,7 @@ def plot_heads(weights, query_tokens=None, key_tokens=None, example=0, ncols=4,
 
     weights = _example(weights, example, "weights")
     heads = weights.shape[0]
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
-        raise ValueError("ncols must be a positive integer, got %r" % (ncols,))
+    check_positive_int("ncols", ncols)
     ncols = min(ncols, heads)
     nrows = int(math.ceil(heads / float(ncols)))
     fig, axes = plt.subplots(nrows, ncols, squeeze=False,

@@ -7,6 +7,7 @@ tokens flowed into position t of layer l's output.
 """
 import numpy as np
 
+from attnlab.validation import check_choice
 from attnlab.viz.aggregate import as_weights
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -37,8 +38,7 @@ def attention_rollout(layers, head_fusion="mean", add_residual=True, cumulative=
         >>> attention_rollout([a, a])[0].tolist()
         [[0.5, 0.5], [0.5, 0.5]]
     """
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError("head_fusion must be one of %s, got %r" % (HEAD_FUSIONS, head_fusion))
+    check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
     if isinstance(layers, dict):
         names, layers = list(layers.keys()), list(layers.values())
     else:

@@ -24,6 +24,7 @@ import re
 
 import numpy as np
 
+from attnlab.validation import check_non_negative_int
 from attnlab.viz.aggregate import as_weights
 from attnlab.viz.plots import atomic_write_bytes
 
@@ -156,13 +157,12 @@ def save_attention_snapshot(run_dir, step, epoch, weights, query_tokens=None,
         ...                         ["a", "b", "c"])
         'runs/demo/attention/step-000000100.npz'
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError("step must be an integer >= 0, got %r" % (step,))
-    if epoch is not None and (isinstance(epoch, bool) or
-                              not isinstance(epoch, (int, np.integer)) or epoch < 0):
-        raise ValueError("epoch must be an integer >= 0 or None, got %r" % (epoch,))
-    snapshot = make_snapshot(weights, query_tokens, key_tokens, int(step),
-                             None if epoch is None else int(epoch))
+    # NumPy integers (e.g. from a saved array) count as integers.
+    step, epoch = (int(n) if isinstance(n, np.integer) else n for n in (step, epoch))
+    check_non_negative_int("step", step)
+    if epoch is not None:
+        check_non_negative_int("epoch", epoch)
+    snapshot = make_snapshot(weights, query_tokens, key_tokens, step, epoch)
     folder = attention_dir(run_dir)
     os.makedirs(folder, exist_ok=True)
     names = list(snapshot.weights)

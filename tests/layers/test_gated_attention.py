@@ -10,7 +10,13 @@ from tests.layers.layer_checks import check_layer
 
 
 def weights64(layer, name):
-    return np.asarray(getattr(layer, name).numpy(), np.float64)
+    """A weight as float64: "gate_kernel", or a projection's such as "query_kernel" (the
+    kernel of MultiHeadAttention's `_query_dense`)."""
+    owner = layer
+    if not name.startswith("gate_"):
+        projection, name = name.rsplit("_", 1)
+        owner = getattr(layer, "_%s_dense" % projection)
+    return np.asarray(getattr(owner, name).numpy(), np.float64)
 
 
 def reference_context(layer, query, value, mask):
@@ -120,3 +126,9 @@ def test_bad_inputs():
         layer(tf.zeros([2, 3, 4]), tf.zeros([2, 5, 4]), attention_mask=tf.ones([2, 3, 7]))
     with pytest.raises(TypeError, match="query must be a floating-point tensor, got dtype int32"):
         layer(tf.zeros([2, 3, 4], tf.int32))
+
+
+def test_refuses_multi_head_attention_arguments_it_fixes():
+    with pytest.raises(TypeError, match="does not take MultiHeadAttention's attention_impl, "
+                                        "output_shape"):
+        GatedAttention(2, 4, output_shape=8, attention_impl="chunked")

@@ -1,8 +1,8 @@
 """Trainable absolute position embeddings (as in BERT and GPT-2)."""
 import tensorflow as tf
 
-from attnlab.layers.positional._positions import checked_start_index, sequence_length
-from attnlab.ops.validation import check_positive_int, shape_str
+from attnlab.layers.layer_helpers import checked_start_index, sequence_length
+from attnlab.validation import check_positive_int, shape_str
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")

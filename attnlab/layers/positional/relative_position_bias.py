@@ -3,8 +3,8 @@ import math
 
 import tensorflow as tf
 
-from attnlab.layers.positional._positions import checked_start_index, sequence_length
-from attnlab.ops.validation import check_positive_int, shape_str
+from attnlab.layers.layer_helpers import checked_start_index, sequence_length
+from attnlab.validation import check_positive_int, shape_str
 
 
 def relative_position_bucket(relative_position, bidirectional=True, num_buckets=32,

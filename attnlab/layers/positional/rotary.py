@@ -3,8 +3,8 @@ import math
 
 import tensorflow as tf
 
-from attnlab.layers.positional._positions import checked_start_index, sequence_length
-from attnlab.ops.validation import check_floating, shape_str
+from attnlab.layers.layer_helpers import checked_start_index, sequence_length
+from attnlab.validation import check_floating, check_number, shape_str
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -38,12 +38,8 @@ class RotaryEmbedding(tf.keras.layers.Layer):
 
     def __init__(self, max_wavelength=10000, scaling_factor=1.0, **kwargs):
         super().__init__(**kwargs)
-        for name, value, low in (("max_wavelength", max_wavelength, 1.0),
-                                 ("scaling_factor", scaling_factor, 0.0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= low:
-                raise ValueError("%s must be a number > %g, got %r" % (name, low, value))
-        self.max_wavelength = max_wavelength
-        self.scaling_factor = float(scaling_factor)
+        self.max_wavelength = check_number("max_wavelength", max_wavelength, above=1)
+        self.scaling_factor = float(check_number("scaling_factor", scaling_factor, above=0))
         self.supports_masking = True
 
     def _check_shape(self, shape):
