@@ -391,7 +391,8 @@ class Trainer:
         """Restore the latest loadable checkpoint; returns its path or None.
 
         A checkpoint that fails to load (a write cut short on a disk without atomic
-        renames) is passed over for the one before it.
+        renames) is passed over for the one before it. Every worker restores from the
+        chief's folder (`restore_from`; non-chief workers save into a scratch one).
         """
         return self._checkpoints.restore() if self._checkpoints else None
 
@@ -435,11 +436,12 @@ class Trainer:
     def request_stop(self, *_):
         """Ask the loop to checkpoint and return after the current step (as SIGTERM does).
 
-        The request is Keras' `model.stop_training`, so callbacks can stop a run too.
+        The request is Keras' `model.stop_training`, so callbacks can stop a run too (the
+        loop looks at it after each step).
         """
         self.model.stop_training = True
 
-    # ----------------------------------------------------------------------------- logging
+    # ----------------------------------------------------------------------------- epoch logs
     def _results(self, prefix=""):
         metrics = [self.loss_metric] + self.metrics if not prefix else \
             [self.val_loss_metric] + self.val_metrics
