@@ -39,7 +39,7 @@ def worker(args):
 
     from attnlab.data.registry import make_task
     from attnlab.train.config import load_config
-    from attnlab.train.runner import build_model, build_optimizer, make_strategy
+    from attnlab.train.runner import build_model, build_optimizer, make_strategy, schedule_lengths
     from attnlab.train.trainer import Trainer
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -54,7 +54,7 @@ def worker(args):
     scope = strategy.scope() if strategy is not None else tf.name_scope("single")
     with scope:
         model = build_model(config, task)
-        optimizer = build_optimizer(config["train"])
+        optimizer = build_optimizer(config["train"], **schedule_lengths(config, task))
     trainer = Trainer(model, optimizer,
                       tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       strategy=strategy, verbose=0)

@@ -1,4 +1,4 @@
-"""Training: the custom-loop Trainer, schedules, run folders, configs and the CLI.
+"""Training: the custom-loop Trainer, run observers, schedules, run folders, configs, the CLI.
 
 Exports are loaded on first use so that `attnlab runs|logs|stop` start without TensorFlow.
 """
@@ -10,6 +10,9 @@ _EXPORTS = {
     "Trainer": "attnlab.train.trainer",
     "NonFiniteLossError": "attnlab.train.trainer",
     "RunDir": "attnlab.train.run_dir",
+    "RunObserver": "attnlab.train.observers",
+    "run_folder_observers": "attnlab.train.observers",
+    "fit_observed": "attnlab.train.observers",
     "ScheduledSampling": "attnlab.train.scheduled_sampling",
     "load_config": "attnlab.train.config",
     "validate_config": "attnlab.train.config",

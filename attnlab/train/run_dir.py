@@ -1,5 +1,8 @@
 """The run folder runs/NAME/: the contract between background training and the notebooks.
 
+The Trainer writes checkpoints/; the observers of attnlab.train.observers write the rest
+(RunLog, RunStatus, TensorBoardScalars, AttentionSnapshots), under Trainer.fit or model.fit.
+
 Layout::
 
     runs/NAME/

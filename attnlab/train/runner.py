@@ -69,7 +69,40 @@ def make_scheduled_sampling(train, task):
                              seed=train["seed"])
 
 
-def build_optimizer(train):
+def schedule_lengths(config, task):
+    """The learning-rate schedule's sizes that come from the task and model, not the config.
+
+    Returns:
+        {"decay_steps": ...} for warmup_cosine (all steps after the warmup),
+        {"d_model": ...} for noam (the model's width), {} without a schedule: the keyword
+        arguments of `build_optimizer` beyond `train`.
+    """
+    train = config["train"]
+    schedule = train["schedule"]
+    if schedule is None:
+        return {}
+    if schedule["name"] == "warmup_cosine":
+        total = task.steps_per_epoch(train["batch_size"]) * train["epochs"]
+        return {"decay_steps": max(1, total - schedule["warmup_steps"])}
+    model = config["model"]
+    return {"d_model": model.get("d_model") or model.get("embed_dim") or model.get("units")
+            or 64}
+
+
+def build_optimizer(train, decay_steps=None, d_model=64):
+    """The optimizer of the `train` config section, with its learning-rate schedule.
+
+    Args:
+        train: the validated `train` section.
+        decay_steps: steps of cosine decay (needed by the warmup_cosine schedule).
+        d_model: model width that scales the noam schedule.
+
+    Returns:
+        A Keras optimizer (Adam or SGD with momentum 0.9).
+
+    Example:
+        >>> optimizer = build_optimizer(config["train"], **schedule_lengths(config, task))
+    """
     import tensorflow as tf
 
     from attnlab.train.schedules import NoamSchedule, WarmupCosine
@@ -79,10 +112,12 @@ def build_optimizer(train):
     if schedule is not None:
         if schedule["name"] == "noam":
             # The Noam schedule sets the rate itself; learning_rate is not used.
-            lr = NoamSchedule(schedule.get("d_model", 64), schedule["warmup_steps"],
-                              scale=schedule["scale"])
+            lr = NoamSchedule(d_model, schedule["warmup_steps"], scale=schedule["scale"])
+        elif decay_steps is None:
+            raise ValueError("build_optimizer: the warmup_cosine schedule needs decay_steps "
+                             "(see schedule_lengths), got None")
         else:
-            lr = WarmupCosine(lr, schedule["warmup_steps"], schedule["decay_steps"],
+            lr = WarmupCosine(lr, schedule["warmup_steps"], decay_steps,
                               schedule["min_learning_rate"])
     if train["optimizer"] == "sgd":
         return tf.keras.optimizers.SGD(lr, momentum=0.9)
@@ -177,7 +212,7 @@ def run_training(config, run, verbose=None, restore_from=None):
     """Train `config` into the RunDir `run` (resuming from its checkpoints), then evaluate.
 
     Args:
-        config: a validated config.
+        config: a validated config (not modified: derived sizes are passed on explicitly).
         run: the RunDir to write (a non-chief worker's is a scratch folder).
         verbose: progress bar on (1) or off (0); default: the config's.
         restore_from: checkpoints folder to resume from (default: the run's own).
@@ -185,50 +220,22 @@ def run_training(config, run, verbose=None, restore_from=None):
     Returns:
         The final metrics dict (also written to metrics.json).
     """
-    import tensorflow as tf
-
     from attnlab.data.registry import make_task
-    from attnlab.train.trainer import Trainer
 
     train = config["train"]
     strategy = make_strategy(train["distribute"], train["collective_timeout"])
-    if train["deterministic"]:
-        tf.config.experimental.enable_op_determinism()
-    tf.keras.utils.set_random_seed(train["seed"])
-    if train["mixed_precision"]:
-        tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    task_args = {k: v for k, v in config["task"].items() if k != "name"}
-    task = make_task(config["task"]["name"], **task_args)
-    schedule = train["schedule"]
-    if schedule is not None and schedule["name"] == "warmup_cosine":
-        schedule["decay_steps"] = max(
-            1, task.steps_per_epoch(train["batch_size"]) * train["epochs"] -
-            schedule["warmup_steps"])
-    if schedule is not None and schedule["name"] == "noam":
-        schedule["d_model"] = config["model"].get("d_model") or config["model"].get(
-            "embed_dim") or config["model"].get("units") or 64
-    scope = strategy.scope() if strategy is not None else _null_scope()
-    with scope:
-        model = build_model(config, task)
-        optimizer = build_optimizer(train)
-    probe = _probe(task, config["eval"]["probe_size"])
-    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    trainer = Trainer(model, optimizer, loss, metrics=["accuracy"], strategy=strategy,
-                      jit_compile=train["jit_compile"], clip_norm=train["clip_norm"],
-                      nan_policy=train["nan_policy"], run_dir=run,
-                      checkpoint_every=train["checkpoint_every"],
-                      keep_checkpoints=train["keep_checkpoints"], seed=train["seed"],
-                      verbose=train["verbose"] if verbose is None else verbose, probe=probe,
-                      snapshot_every=train["snapshot_every"], finish_run=False,
-                      scheduled_sampling=make_scheduled_sampling(train, task),
-                      restore_from=restore_from)
+    _set_global_tf_options(train)
+    task = make_task(config["task"]["name"],
+                     **{k: v for k, v in config["task"].items() if k != "name"})
+    trainer = make_trainer(config, task, run, strategy,
+                           train["verbose"] if verbose is None else verbose, restore_from)
     started = time.time()
     trainer.fit(task.train_fn(train["batch_size"], seed=train["seed"]), train["epochs"],
                 validation=task.dataset("validation", config["eval"]["batch_size"]))
     if not trainer.completed:
         return None  # stopped by request: no final metrics yet
     metrics = {k: v[-1] for k, v in trainer.history.items()}
-    metrics.update(evaluate_task(model, task, config, "test"))
+    metrics.update(evaluate_task(trainer.model, task, config, "test"))
     metrics["train_seconds"] = time.time() - started
     metrics["step"] = int(trainer.step.numpy())
     run.write_metrics(metrics)
@@ -236,6 +243,51 @@ def run_training(config, run, verbose=None, restore_from=None):
                                        for k, v in metrics.items()}))
     run.write_status("finished", metrics=metrics)
     return metrics
+
+
+def _set_global_tf_options(train):
+    """Determinism, seeds and precision policy: process-wide, so set before building."""
+    import tensorflow as tf
+
+    if train["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(train["seed"])
+    if train["mixed_precision"]:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+
+
+def make_trainer(config, task, run, strategy, verbose, restore_from=None):
+    """The Trainer of a validated config: model and optimizer in the strategy's scope.
+
+    Args:
+        config: a validated config (not modified).
+        task: its task (sizes the model, the schedule and the attention probe).
+        run: the RunDir the Trainer writes (its observers and checkpoints).
+        strategy: a tf.distribute strategy or None.
+        verbose: progress bar on (1) or off (0).
+        restore_from: checkpoints folder to resume from (default: the run's own).
+
+    Returns:
+        A Trainer that leaves the run "running" when done (the runner then evaluates).
+    """
+    import tensorflow as tf
+
+    from attnlab.train.trainer import Trainer
+
+    train = config["train"]
+    with strategy.scope() if strategy is not None else _null_scope():
+        model = build_model(config, task)
+        optimizer = build_optimizer(train, **schedule_lengths(config, task))
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return Trainer(model, optimizer, loss, metrics=["accuracy"], strategy=strategy,
+                   jit_compile=train["jit_compile"], clip_norm=train["clip_norm"],
+                   nan_policy=train["nan_policy"], run_dir=run,
+                   checkpoint_every=train["checkpoint_every"],
+                   keep_checkpoints=train["keep_checkpoints"], seed=train["seed"],
+                   verbose=verbose, probe=_probe(task, config["eval"]["probe_size"]),
+                   snapshot_every=train["snapshot_every"], finish_run=False,
+                   scheduled_sampling=make_scheduled_sampling(train, task),
+                   restore_from=restore_from)
 
 
 class _null_scope:

@@ -1,17 +1,20 @@
-"""A custom training loop with a Keras-like interface that resumes exactly after a kill."""
+"""A custom training loop with a Keras-like interface that resumes exactly after a kill.
+
+The Trainer runs the steps, the epoch loop and the checkpoints exact resume needs; run
+observers (attnlab.train.observers, Keras callbacks) write the rest of the run folder.
+"""
 import inspect
-import math
 import os
-import shutil
-import signal
-import sys
-import tempfile
-import threading
 import time
 
-import numpy as np
 import tensorflow as tf
 
+from attnlab.train.checkpoints import TrainingCheckpoints
+from attnlab.train.cluster import is_chief, is_multi_worker
+from attnlab.train.observers.progress import ProgressBar
+from attnlab.train.observers.run_folder import run_folder_observers
+from attnlab.train.observers.run_observer import RunCounters, notify
+from attnlab.train.observers.stop_on_signal import StopOnSignal
 from attnlab.train.run_dir import RunDir
 
 NAN_POLICIES = ("stop", "skip")
@@ -86,27 +89,34 @@ def _apply_kwarg(optimizer):
     return None
 
 
-def _is_multi_worker(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
-        return False
-    spec = resolver.cluster_spec().as_dict() if resolver.cluster_spec() else {}
-    return sum(len(tasks) if isinstance(tasks, (list, dict)) else 1
-               for tasks in spec.values()) > 1
+def _counter(name):
+    return tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
 
 
-def _is_chief(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "cluster_spec", None) or \
-            not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (task_type == "worker" and task_id == 0 and
-                                    "chief" not in resolver.cluster_spec().as_dict())
+def _check_arguments(model, nan_policy, clip_norm, checkpoint_every, snapshot_every,
+                     keep_checkpoints, jit_compile):
+    if not isinstance(model, tf.keras.Model):
+        raise TypeError("model must be a tf.keras.Model, got %r" % (model,))
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError("nan_policy must be one of %s, got %r" % (NAN_POLICIES, nan_policy))
+    if clip_norm is not None and (isinstance(clip_norm, bool) or
+                                  not isinstance(clip_norm, (int, float)) or clip_norm <= 0):
+        raise ValueError("clip_norm must be a positive number or None, got %r" % (clip_norm,))
+    for name, value in (("checkpoint_every", checkpoint_every),
+                        ("snapshot_every", snapshot_every)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
+                                  value <= 0):
+            raise ValueError("%s must be a positive integer or None, got %r" % (name, value))
+    if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) or \
+            keep_checkpoints <= 0:
+        raise ValueError("keep_checkpoints must be a positive integer, got %r"
+                         % (keep_checkpoints,))
+    if not isinstance(jit_compile, bool):
+        raise TypeError("jit_compile must be a bool, got %r" % (jit_compile,))
 
 
 class Trainer:
-    """Trains a Keras model with a GradientTape loop: checkpoints, logs, NaN guard, distribution.
+    """Trains a Keras model with a GradientTape loop: exact resume, NaN guard, distribution.
 
     Create the model and optimizer inside `strategy.scope()` when a strategy is used. Under
     the `mixed_float16` policy the optimizer is wrapped in a LossScaleOptimizer and losses
@@ -130,12 +140,14 @@ class Trainer:
         clip_norm: clip gradients to this global norm (after the cross-replica sum).
         nan_policy: "stop" (raise NonFiniteLossError naming the step) or "skip" (do not apply
             the step's update and go on).
-        run_dir: a run folder path or RunDir; enables checkpoints, train.log, TensorBoard,
-            status.json and attention snapshots. None trains without writing anything.
+        run_dir: a run folder path or RunDir; enables checkpoints and, on the chief, the
+            observers of `run_folder_observers` (train.log, TensorBoard, status.json,
+            attention snapshots). None trains without writing anything.
         checkpoint_every: also checkpoint every this many steps (None: at epoch ends only).
         keep_checkpoints: checkpoints kept by the CheckpointManager.
         seed: seed of the trainer's tf.random.Generator (`trainer.rng`).
-        verbose: 1 shows a progress bar, 0 is silent (epoch lines still go to train.log).
+        verbose: 1 shows a progress bar (ProgressBar), 0 is silent (epoch lines still go
+            to train.log).
         probe: optional (x, query_tokens, key_tokens) batch whose attention weights are saved
             every `snapshot_every` epochs into run_dir/attention/.
         snapshot_every: epochs between attention snapshots.
@@ -159,24 +171,8 @@ class Trainer:
                  clip_norm=None, nan_policy="stop", run_dir=None, checkpoint_every=None,
                  keep_checkpoints=3, seed=0, verbose=1, probe=None, snapshot_every=1,
                  finish_run=True, scheduled_sampling=None, restore_from=None):
-        if not isinstance(model, tf.keras.Model):
-            raise TypeError("model must be a tf.keras.Model, got %r" % (model,))
-        if nan_policy not in NAN_POLICIES:
-            raise ValueError("nan_policy must be one of %s, got %r" % (NAN_POLICIES, nan_policy))
-        if clip_norm is not None and (isinstance(clip_norm, bool) or
-                                      not isinstance(clip_norm, (int, float)) or clip_norm <= 0):
-            raise ValueError("clip_norm must be a positive number or None, got %r" % (clip_norm,))
-        for name, value in (("checkpoint_every", checkpoint_every),
-                            ("snapshot_every", snapshot_every)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
-                                      value <= 0):
-                raise ValueError("%s must be a positive integer or None, got %r" % (name, value))
-        if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) or \
-                keep_checkpoints <= 0:
-            raise ValueError("keep_checkpoints must be a positive integer, got %r"
-                             % (keep_checkpoints,))
-        if not isinstance(jit_compile, bool):
-            raise TypeError("jit_compile must be a bool, got %r" % (jit_compile,))
+        _check_arguments(model, nan_policy, clip_norm, checkpoint_every, snapshot_every,
+                         keep_checkpoints, jit_compile)
         self.model = model
         self.strategy = strategy or tf.distribute.get_strategy()
         self.jit_compile = jit_compile
@@ -190,57 +186,48 @@ class Trainer:
         self.completed = False  # True once a fit() call has trained every epoch
         self.checkpoint_every = checkpoint_every
         self.loss_fn = _per_example_loss_fn(loss)
-        self.is_chief = _is_chief(self.strategy)
-        self.multi_worker = _is_multi_worker(self.strategy)
+        self.is_chief = is_chief(self.strategy)
+        self.multi_worker = is_multi_worker(self.strategy)
         self.restore_from = restore_from
-        self._agree_fn = None
-        self.run = None
-        if run_dir is not None:
-            self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.run = run_dir if run_dir is None or isinstance(run_dir, RunDir) else RunDir(run_dir)
         with self.strategy.scope():
-            policy = tf.keras.mixed_precision.global_policy()
-            self.loss_scaling = policy.compute_dtype == "float16" or \
-                getattr(model, "compute_dtype", None) == "float16"
-            if self.loss_scaling and not isinstance(
-                    optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
-                optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-            self.optimizer = optimizer
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            self.batch_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                              name="batch_in_epoch")
-            self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                             name="skipped_steps")
-            # First step with a non-finite loss or gradient since the last check (0: none).
-            # Kept on the device so the loop needs no host sync per step.
-            self.first_bad_step = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                              name="first_bad_step")
-            self.rng = tf.random.Generator.from_seed(seed)
-            self.loss_metric = tf.keras.metrics.Mean(name="loss")
-            self.metrics = [_metric(m) for m in (metrics or [])]
-            self.val_loss_metric = tf.keras.metrics.Mean(name="loss")
-            self.val_metrics = [m.__class__.from_config(m.get_config()) for m in self.metrics]
+            self._create_state(optimizer, metrics, seed)
         self._apply_kwarg = _apply_kwarg(self.optimizer)
+        self._agree_fn = None
         self._built = False
         self._train_step = None
         self._eval_step = None
-        self._stop_requested = False
         self.history = {}
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
             batch_in_epoch=self.batch_in_epoch, skipped_steps=self.skipped_steps, rng=self.rng,
             train_metrics=tf.train.Checkpoint(loss=self.loss_metric, **{
                 "m%d" % i: m for i, m in enumerate(self.metrics)}))
-        self.manager = None
-        self._scratch_checkpoints = None
-        if self.run is not None:
-            directory = self.run.checkpoint_dir
-            if not self.is_chief:
-                # Every worker must take part in a save; only the chief's files are kept.
-                directory = self._scratch_checkpoints = tempfile.mkdtemp(
-                    prefix="attnlab-worker-ckpt-")
-            self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
-                                                      max_to_keep=keep_checkpoints)
+        self._checkpoints = None if self.run is None else TrainingCheckpoints(
+            self.checkpoint, self.run.checkpoint_dir, keep_checkpoints, self.is_chief,
+            restore_from)
+        self.manager = self._checkpoints.manager if self._checkpoints else None
+
+    def _create_state(self, optimizer, metrics, seed):
+        """Optimizer (loss-scaled under float16), counters, generator and metrics."""
+        policy = tf.keras.mixed_precision.global_policy()
+        self.loss_scaling = policy.compute_dtype == "float16" or \
+            getattr(self.model, "compute_dtype", None) == "float16"
+        if self.loss_scaling and not isinstance(
+                optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
+            optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        self.optimizer = optimizer
+        self.step, self.epoch = _counter("step"), _counter("epoch")
+        self.batch_in_epoch, self.skipped_steps = _counter("batch_in_epoch"), \
+            _counter("skipped_steps")
+        # First step with a non-finite loss or gradient since the last check (0: none).
+        # Kept on the device so the loop needs no host sync per step.
+        self.first_bad_step = _counter("first_bad_step")
+        self.rng = tf.random.Generator.from_seed(seed)
+        self.loss_metric = tf.keras.metrics.Mean(name="loss")
+        self.metrics = [_metric(m) for m in (metrics or [])]
+        self.val_loss_metric = tf.keras.metrics.Mean(name="loss")
+        self.val_metrics = [m.__class__.from_config(m.get_config()) for m in self.metrics]
 
     # ----------------------------------------------------------------------------- steps
     def _per_example(self, y, pred, weight):
@@ -256,21 +243,9 @@ class Trainer:
 
     def _replica_train_step(self, x, y, weight):
         replicas = self.strategy.num_replicas_in_sync
-        variables = self.model.trainable_variables
         if self.scheduled_sampling is not None:
             x = self.scheduled_sampling(self.model, x, self.epoch, self.step)
-        with tf.GradientTape() as tape:
-            pred = self.model(x, training=True)
-            per_example, pred = self._per_example(y, pred, weight)
-            global_batch = tf.shape(per_example)[0] * replicas
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            if self.model.losses:
-                loss += tf.nn.scale_regularization_loss(
-                    tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses]))
-            scaled = self.optimizer.get_scaled_loss(loss) if self.loss_scaling else loss
-        grads = tape.gradient(scaled, variables)
-        if self.loss_scaling:
-            grads = self.optimizer.get_unscaled_gradients(grads)
+        loss, per_example, pred, grads = self._loss_and_gradients(x, y, weight, replicas)
         aggregated = replicas > 1 and self._apply_kwarg is not None
         if aggregated:
             # Sum over replicas here so that clipping and the NaN check see global gradients.
@@ -280,6 +255,30 @@ class Trainer:
         if replicas > 1:
             global_loss = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, loss)
+        finite = self._is_finite(global_loss, grads)
+        self._apply(grads, finite, aggregated, replicas)
+        self.loss_metric.update_state(per_example)
+        for metric in self.metrics:
+            metric.update_state(y, pred, sample_weight=weight)
+        return global_loss, finite
+
+    def _loss_and_gradients(self, x, y, weight, replicas):
+        """This replica's share of the global-batch loss, and its (unscaled) gradients."""
+        with tf.GradientTape() as tape:
+            pred = self.model(x, training=True)
+            per_example, pred = self._per_example(y, pred, weight)
+            global_batch = tf.shape(per_example)[0] * replicas
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            if self.model.losses:
+                loss += tf.nn.scale_regularization_loss(
+                    tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses]))
+            scaled = self.optimizer.get_scaled_loss(loss) if self.loss_scaling else loss
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        if self.loss_scaling:
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        return loss, per_example, pred, grads
+
+    def _is_finite(self, global_loss, grads):
         finite = tf.math.is_finite(global_loss)
         if not self.loss_scaling:
             # With loss scaling, overflowing gradients are normal: the optimizer skips them.
@@ -290,6 +289,10 @@ class Trainer:
             finite = tf.logical_and(finite, tf.math.is_finite(tf.add_n(
                 [tf.reduce_sum(tf.cast(_dense_values(g), tf.float32))
                  for g in grads if g is not None])))
+        return finite
+
+    def _apply(self, grads, finite, aggregated, replicas):
+        """Clip and apply the gradients unless they (or an earlier step's) were not finite."""
         update = finite
         if self.nan_policy == "stop":
             # After a bad step nothing more is applied: the loop raises at its next check.
@@ -299,7 +302,7 @@ class Trainer:
         kwargs = {}
         if aggregated:
             kwargs[self._apply_kwarg] = self._apply_kwarg == "skip_gradients_aggregation"
-        pairs = list(zip(grads, variables))
+        pairs = list(zip(grads, self.model.trainable_variables))
 
         def apply():
             self.optimizer.apply_gradients(pairs, **kwargs)
@@ -311,10 +314,6 @@ class Trainer:
             apply()
         else:
             tf.cond(update, apply, lambda: tf.constant(False))
-        self.loss_metric.update_state(per_example)
-        for metric in self.metrics:
-            metric.update_state(y, pred, sample_weight=weight)
-        return global_loss, finite
 
     def _replica_eval_step(self, x, y, weight):
         pred = self.model(x, training=False)
@@ -392,26 +391,10 @@ class Trainer:
         """Restore the latest loadable checkpoint; returns its path or None.
 
         A checkpoint that fails to load (a write cut short on a disk without atomic
-        renames) is passed over for the one before it.
+        renames) is passed over for the one before it. Every worker restores from the
+        chief's folder (`restore_from`; non-chief workers save into a scratch one).
         """
-        if self.manager is None:
-            return None
-        # Every worker restores from the chief's folder (non-chief workers save elsewhere).
-        directory = self.restore_from or self.run.checkpoint_dir
-        state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
-        paths = list(state.all_model_checkpoint_paths) if state is not None else []
-        errors = []
-        for path in reversed(paths):
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-                return path
-            except (tf.errors.OpError, AssertionError, ValueError, IndexError) as err:
-                # IndexError: a data file cut short ("Read less bytes than requested").
-                errors.append("%s: %s" % (path, err))
-        if errors:
-            raise RuntimeError("no checkpoint in %s could be restored:\n%s"
-                               % (directory, "\n".join(errors)))
-        return None
+        return self._checkpoints.restore() if self._checkpoints else None
 
     def _workers_sum(self, values):
         """Element-wise sum of `values` (numbers) over all workers: a collective op."""
@@ -444,21 +427,21 @@ class Trainer:
                 "folder %s: share the runs folder between the hosts, or copy the chief's "
                 "checkpoints to every host before relaunching."
                 % (differing, chief_step, step, os.path.basename(restored or "none"),
-                   self.restore_from or self.run.checkpoint_dir))
+                   self._checkpoints.restore_from))
 
     def save(self):
         """Write a checkpoint numbered by the global step (CheckpointManager: files, then index)."""
-        if self.manager is None:
-            return None
-        if self._scratch_checkpoints:
-            os.makedirs(self._scratch_checkpoints, exist_ok=True)  # removed after each fit
-        return self.manager.save(checkpoint_number=int(self.step.numpy()))
+        return self._checkpoints.save(int(self.step.numpy())) if self._checkpoints else None
 
     def request_stop(self, *_):
-        """Ask the loop to checkpoint and return after the current step (SIGTERM handler)."""
-        self._stop_requested = True
+        """Ask the loop to checkpoint and return after the current step (as SIGTERM does).
 
-    # ----------------------------------------------------------------------------- logging
+        The request is Keras' `model.stop_training`, so callbacks can stop a run too (the
+        loop looks at it after each step).
+        """
+        self.model.stop_training = True
+
+    # ----------------------------------------------------------------------------- epoch logs
     def _results(self, prefix=""):
         metrics = [self.loss_metric] + self.metrics if not prefix else \
             [self.val_loss_metric] + self.val_metrics
@@ -476,22 +459,6 @@ class Trainer:
         except (TypeError, ValueError):
             return float("nan")
 
-    def _snapshot(self):
-        if self.probe is None or self.run is None or not self.is_chief:
-            return
-        from attnlab.viz.snapshots import save_attention_snapshot
-
-        x, query_tokens, key_tokens = self.probe
-        _, weights = self.model(x, training=False, return_attention=True)
-        weights = {name: np.asarray(w, np.float32) for name, w in weights.items()}
-        # Snapshot tokens belong to the first layer: put first a layer whose (T, S) they fit
-        # (for a seq2seq model, the cross-attention: target queries over source keys).
-        t, s = len(query_tokens[0]), len(key_tokens[0])
-        names = sorted(weights, key=lambda n: weights[n].shape[2:] != (t, s))
-        weights = {name: weights[name] for name in names}
-        save_attention_snapshot(self.run.path, int(self.step.numpy()),
-                                int(self.epoch.numpy()), weights, query_tokens, key_tokens)
-
     # ----------------------------------------------------------------------------- loops
     def evaluate(self, dataset):
         """Loss and metrics of the model on `dataset` (batches (x, y) or (x, y, weight))."""
@@ -503,7 +470,8 @@ class Trainer:
             self._eval_step(batch)
         return {k: v for k, v in self._results("val_").items()}
 
-    def fit(self, train, epochs, validation=None, steps_per_epoch=None, resume=True):
+    def fit(self, train, epochs, validation=None, steps_per_epoch=None, resume=True,
+            callbacks=None):
         """Train until `epochs` epochs are done, resuming from the latest checkpoint.
 
         Args:
@@ -513,6 +481,9 @@ class Trainer:
             validation: optional dataset evaluated at each epoch end ("val_" metrics).
             steps_per_epoch: progress bar length (default: the dataset's cardinality).
             resume: restore the latest checkpoint of the run folder first.
+            callbacks: more Keras callbacks or RunObservers (attnlab.train.observers); they
+                hear epoch ends (with the epoch's logs), train begin and end, and, every
+                half second or so, a batch end with the step's loss.
 
         Returns:
             History dict: metric name -> list of per-epoch values (epochs run in this call).
@@ -531,32 +502,37 @@ class Trainer:
             self._build(train(0, 0))
         restored = self.restore() if resume else None
         self.history = {}
-        if self.multi_worker and self.manager is not None:
+        if self.multi_worker and self._checkpoints is not None:
             self._check_same_restore(restored)
-        handler_installed = False
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, self.request_stop)
-            handler_installed = True
-        self._stop_requested = False
+        observers = self._observers(callbacks)
         try:
-            self._fit_loop(train, epochs, validation, steps_per_epoch, restored)
+            self._fit_loop(train, epochs, validation, steps_per_epoch, restored, observers)
         except BaseException as err:
             lost = self._explain_peer_failure(err)
-            if self.run is not None and self.is_chief:
-                shown = lost or err
-                message = "%s: %s" % (type(shown).__name__, shown)
-                self.run.log("run failed at step %d: %s" % (int(self.step.numpy()), message))
-                self.run.write_status("failed", error=message, pid=os.getpid(),
-                                      step=int(self.step.numpy()))
+            notify(observers, "on_run_failure", lost or err)
             if lost is not None:
                 raise lost from err
             raise
         finally:
-            if handler_installed:
-                signal.signal(signal.SIGTERM, previous)
-            if self._scratch_checkpoints:
-                shutil.rmtree(self._scratch_checkpoints, ignore_errors=True)
+            if self._checkpoints is not None:
+                self._checkpoints.remove_scratch()
         return self.history
+
+    def _observers(self, callbacks):
+        """SIGTERM, progress and (on the chief) run-folder observers, then the caller's."""
+        observers = [StopOnSignal()]
+        if self.is_chief and self.verbose:
+            observers.append(ProgressBar())
+        if self.is_chief and self.run is not None:
+            observers += run_folder_observers(self.run, self.probe, self.snapshot_every,
+                                              finish=self.finish_run)
+        observers += list(callbacks or [])
+        counters = RunCounters(self.step, self.epoch, self.batch_in_epoch)
+        for observer in observers:
+            observer.set_model(self.model)
+            if hasattr(observer, "set_counters"):
+                observer.set_counters(counters)
+        return observers
 
     def _explain_peer_failure(self, err):
         """A WorkerLostError for a collective op that failed because a peer is gone, else None."""
@@ -569,8 +545,8 @@ class Trainer:
             "`attnlab launch` command on every worker to resume from the last checkpoint."
             % (int(self.step.numpy()), detail[0] if detail else type(err).__name__))
 
-    def _check_finite(self, epoch_start_step, epoch, run):
-        """Raise (nan_policy="stop") or log (skip) the first non-finite step since the last
+    def _check_finite(self, epoch_start_step, epoch, observers):
+        """Raise (nan_policy="stop") or report (skip) the first non-finite step since the last
         check; the bad update was not applied."""
         bad = int(self.first_bad_step.numpy())
         if not bad:
@@ -582,93 +558,22 @@ class Trainer:
             raise NonFiniteLossError(
                 "non-finite loss or gradient at %s; the update was not applied. Lower the "
                 "learning rate, clip gradients (clip_norm) or use nan_policy='skip'." % where)
-        if run:
-            run.log("skipped %s: non-finite loss or gradient (%d skipped so far)"
-                    % (where, int(self.skipped_steps.numpy())))
+        notify(observers, "on_run_message", "skipped %s: non-finite loss or gradient (%d "
+               "skipped so far)" % (where, int(self.skipped_steps.numpy())))
         self.first_bad_step.assign(0)
 
-    def _status(self, state, **fields):
-        if self.run is not None and self.is_chief:
-            self.run.write_status(state, pid=os.getpid(), epoch=int(self.epoch.numpy()),
-                                  step=int(self.step.numpy()), **fields)
-
-    def _fit_loop(self, train, epochs, validation, steps_per_epoch, restored):
-        run = self.run if self.is_chief else None
-        writer = tf.summary.create_file_writer(run.tensorboard_dir) if run else None
-        start_epoch = int(self.epoch.numpy())
-        if run:
-            if restored:
-                run.log("resumed from %s at step %d (epoch %d, %d batches done)" % (
-                    os.path.basename(restored), int(self.step.numpy()), start_epoch + 1,
-                    int(self.batch_in_epoch.numpy())))
-            else:
-                run.log("started (%d epochs)" % epochs)
+    def _fit_loop(self, train, epochs, validation, steps_per_epoch, restored, observers):
         self.completed = False
-        self._status("running", error=None)
-        if start_epoch == 0 and int(self.step.numpy()) == 0:
-            self._snapshot()
-        for epoch in range(start_epoch, epochs):
-            skip = int(self.batch_in_epoch.numpy())
-            if skip == 0:
-                for metric in [self.loss_metric] + self.metrics:
-                    metric.reset_state()
-            dataset = train(epoch, skip)
-            cardinality = int(dataset.cardinality().numpy())
-            target = steps_per_epoch
-            if target is None:
-                target = cardinality + skip if cardinality >= 0 else None
-            bar = tf.keras.utils.Progbar(target, verbose=1 if self.verbose else 0,
-                                         stateful_metrics=None) \
-                if self.is_chief else None
-            if bar is not None and skip:
-                bar.update(skip)
-            started = time.time()
-            epoch_start_step = int(self.step.numpy()) - skip
-            step = epoch_start_step + skip
-            last_sync = time.time()
-            loss = None
-            iterator = iter(self._distribute(dataset))
-            # One trace lookup per epoch: the concrete function is then called directly,
-            # which skips the tf.function dispatch (argument hashing) on every step.
-            train_step = self._train_step.get_concrete_function(iterator)
-            # With a known number of batches the loop stops without running into the
-            # end of the data inside the graph (an OutOfRangeError); otherwise it does.
-            remaining = cardinality if self._count_batches(cardinality) else None
-            while remaining is None or remaining > 0:
-                try:
-                    loss = train_step(iterator)
-                except tf.errors.OutOfRangeError:
-                    break
-                if remaining is not None:
-                    remaining -= 1
-                step += 1
-                # Read device values (a host sync) only now and then, before a checkpoint
-                # and at the end of the epoch, so that steps run back to back.
-                due = self.checkpoint_every and step % self.checkpoint_every == 0
-                stop = self._stop_requested
-                if self.multi_worker:
-                    # All workers stop after the same step, or the saves would not pair up.
-                    stop = step % STOP_CHECK_STEPS == 0 and \
-                        self._workers_sum([float(stop)])[0] > 0
-                if due or stop or time.time() - last_sync > 0.5:
-                    self._check_finite(epoch_start_step, epoch, run)
-                    if bar is not None:
-                        # The step's global loss, not the metric: reading a synced metric is
-                        # a collective op that every worker would have to run in step.
-                        bar.update(step - epoch_start_step, [("loss", float(loss.numpy()))])
-                    last_sync = time.time()
-                if due:
-                    self.save()
-                if stop:
-                    path = self.save()
-                    if run:
-                        run.log("stopped by request at epoch %d step %d (checkpoint %s)"
-                                % (epoch + 1, step, os.path.basename(path or "-")))
-                    self._status("stopped")
-                    return
-            self._check_finite(epoch_start_step, epoch, run)
-            if bar is not None and loss is not None:
-                bar.update(step - epoch_start_step, [("loss", float(loss.numpy()))])
+        self.model.stop_training = False
+        if restored:
+            notify(observers, "on_run_resume", restored)
+        self._set_params(observers, epochs, steps_per_epoch)
+        notify(observers, "on_train_begin", None)
+        for epoch in range(int(self.epoch.numpy()), epochs):
+            if not self._train_epoch(epoch, train, epochs, steps_per_epoch, observers):
+                self.save()
+                notify(observers, "on_train_end", None)
+                return
             logs = self._results()
             if validation is not None:
                 logs.update(self.evaluate(validation))
@@ -677,34 +582,71 @@ class Trainer:
             self.batch_in_epoch.assign(0)
             for key, value in logs.items():
                 self.history.setdefault(key, []).append(value)
-            if writer is not None:
-                with writer.as_default(step=int(self.step.numpy())):
-                    for key, value in logs.items():
-                        tf.summary.scalar(key, value)
-                writer.flush()
-            if run:
-                run.log("epoch %d/%d step %d %s time %.1fs" % (
-                    epoch + 1, epochs, int(self.step.numpy()), format_metrics(logs),
-                    time.time() - started))
-            if self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
-                self._snapshot()
             self.save()
-            self._status("running", metrics=logs)
-            if self.verbose and self.is_chief and not sys.stdout.isatty():
-                print("epoch %d/%d %s" % (epoch + 1, epochs, format_metrics(logs)), flush=True)
+            notify(observers, "on_epoch_end", epoch, logs)
         self.completed = True
-        if self.finish_run:
-            self._status("finished")
+        self.model.stop_training = False  # a request after the last step changes nothing
+        notify(observers, "on_train_end", None)
 
+    def _set_params(self, observers, epochs, steps):
+        for observer in observers:
+            observer.set_params({"epochs": epochs, "steps": steps, "verbose": self.verbose})
 
-def format_metrics(logs):
-    """'loss 0.1234 accuracy 0.9876 ...' with short, readable numbers."""
-    parts = []
-    for key, value in logs.items():
-        if key == "learning_rate":
-            parts.append("lr %.3g" % value)
-        elif math.isfinite(value) and abs(value) >= 1e-3:
-            parts.append("%s %.4f" % (key, value))
-        else:
-            parts.append("%s %.3g" % (key, value))
-    return " ".join(parts)
+    def _train_epoch(self, epoch, train, epochs, steps_per_epoch, observers):
+        """Train the rest of `epoch`; False when a stop request ended it early."""
+        skip = int(self.batch_in_epoch.numpy())
+        if skip == 0:
+            for metric in [self.loss_metric] + self.metrics:
+                metric.reset_state()
+        dataset = train(epoch, skip)
+        cardinality = int(dataset.cardinality().numpy())
+        target = steps_per_epoch
+        if target is None and cardinality >= 0:
+            target = cardinality + skip
+        self._set_params(observers, epochs, target)
+        notify(observers, "on_epoch_begin", epoch, None)
+        epoch_start_step = int(self.step.numpy()) - skip
+        step = epoch_start_step + skip
+        last_sync = time.time()
+        loss = None
+        iterator = iter(self._distribute(dataset))
+        # One trace lookup per epoch: the concrete function is then called directly,
+        # which skips the tf.function dispatch (argument hashing) on every step.
+        train_step = self._train_step.get_concrete_function(iterator)
+        # With a known number of batches the loop stops without running into the
+        # end of the data inside the graph (an OutOfRangeError); otherwise it does.
+        remaining = cardinality if self._count_batches(cardinality) else None
+        while remaining is None or remaining > 0:
+            try:
+                loss = train_step(iterator)
+            except tf.errors.OutOfRangeError:
+                break
+            if remaining is not None:
+                remaining -= 1
+            step += 1
+            # Read device values (a host sync) only now and then, before a checkpoint
+            # and at the end of the epoch, so that steps run back to back.
+            due = self.checkpoint_every and step % self.checkpoint_every == 0
+            stop = self.model.stop_training
+            if self.multi_worker:
+                # All workers stop after the same step, or the saves would not pair up.
+                stop = step % STOP_CHECK_STEPS == 0 and self._workers_sum([float(stop)])[0] > 0
+            if due or stop or time.time() - last_sync > 0.5:
+                self._sync(epoch_start_step, epoch, step, loss, observers)
+                last_sync = time.time()
+            if due:
+                self.save()
+            if stop:
+                self.model.stop_training = True  # also on a worker that agreed to a peer's
+                return False
+        self._sync(epoch_start_step, epoch, step, loss, observers)
+        return True
+
+    def _sync(self, epoch_start_step, epoch, step, loss, observers):
+        """Check the steps so far for non-finite values and report the last step's loss."""
+        self._check_finite(epoch_start_step, epoch, observers)
+        if loss is not None:
+            # The step's global loss, not the metric: reading a synced metric is a collective
+            # op that every worker would have to run in step.
+            notify(observers, "on_train_batch_end", step - epoch_start_step - 1,
+                   {"loss": float(loss.numpy())})

@@ -1,4 +1,5 @@
 """Runner: final metrics against an oracle model, model/task checks, a complete run folder."""
+import copy
 import json
 import os
 
@@ -7,10 +8,17 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from attnlab.data.registry import make_task
 from attnlab.data.sequences import make_sequence_task
 from attnlab.train.config import validate_config
 from attnlab.train.run_dir import RunDir
-from attnlab.train.runner import build_model, evaluate_task, run_training
+from attnlab.train.runner import (
+    build_model,
+    build_optimizer,
+    evaluate_task,
+    run_training,
+    schedule_lengths,
+)
 from attnlab.viz.snapshots import load_attention_snapshots
 
 
@@ -107,3 +115,25 @@ def test_a_run_folder_has_everything_the_notebooks_read(tmp_path):
     weights = snapshots[-1].weights["attention"]
     assert weights.shape == (3, 1, 8, 8)
     np.testing.assert_allclose(weights.sum(-1)[weights.sum(-1) > 0], 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("schedule", [{"name": "warmup_cosine", "warmup_steps": 3},
+                                      {"name": "noam", "warmup_steps": 3}])
+def test_schedule_sizes_come_from_task_and_model_without_changing_the_config(schedule):
+    config = validate_config({
+        "task": {"name": "trigger", "n_train": 64, "n_val": 16, "n_test": 16,
+                 "num_filler": 8, "max_length": 8},
+        "model": {"name": "classifier", "embed_dim": 8},
+        "train": {"epochs": 3, "batch_size": 16, "schedule": schedule}})
+    before = copy.deepcopy(config)
+    task = make_task("trigger", **{k: v for k, v in config["task"].items() if k != "name"})
+    sizes = schedule_lengths(config, task)
+    # 64 examples in full batches of 16: 4 steps per epoch, 12 in all, 3 of them warmup.
+    assert sizes == ({"decay_steps": 9} if schedule["name"] == "warmup_cosine" else
+                     {"d_model": 8})
+    rate = build_optimizer(config["train"], **sizes).get_config()["learning_rate"]["config"]
+    assert rate["warmup_steps"] == 3 and {k: rate[k] for k in sizes} == sizes
+    assert config == before
+    if schedule["name"] == "warmup_cosine":
+        with pytest.raises(ValueError, match="warmup_cosine schedule needs decay_steps"):
+            build_optimizer(config["train"])

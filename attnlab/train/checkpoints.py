@@ -1,0 +1,69 @@
+"""TrainingCheckpoints: the Trainer's exact-resume state in a run's checkpoints folder."""
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+
+class TrainingCheckpoints:
+    """Saves and restores a tf.train.Checkpoint with a CheckpointManager.
+
+    A save writes the data files, then the index (CheckpointManager), so a kill mid-save
+    leaves the previous checkpoint the latest. Every worker of a multi-worker run must take
+    part in each save, but only the chief's files are kept: the others save into a scratch
+    folder and restore from the chief's.
+
+    Args:
+        checkpoint: the tf.train.Checkpoint of everything exact resume needs.
+        directory: the run's checkpoints folder.
+        keep: checkpoints kept.
+        is_chief: False saves into a scratch folder instead of `directory`.
+        restore_from: checkpoints folder to restore from (default: `directory`).
+
+    Example:
+        >>> saver = TrainingCheckpoints(tf.train.Checkpoint(model=model),
+        ...                             "runs/demo/checkpoints")
+        >>> saver.save(step=100)
+    """
+
+    def __init__(self, checkpoint, directory, keep=3, is_chief=True, restore_from=None):
+        self.checkpoint = checkpoint
+        self.directory = directory
+        self.restore_from = restore_from or directory
+        self.scratch = None if is_chief else tempfile.mkdtemp(prefix="attnlab-worker-ckpt-")
+        self.manager = tf.train.CheckpointManager(checkpoint, self.scratch or directory,
+                                                  max_to_keep=keep)
+
+    def save(self, step):
+        """Write checkpoint number `step`; returns its path."""
+        if self.scratch:
+            os.makedirs(self.scratch, exist_ok=True)  # removed after each fit
+        return self.manager.save(checkpoint_number=step)
+
+    def restore(self):
+        """Restore the latest loadable checkpoint; returns its path or None.
+
+        A checkpoint that fails to load (a write cut short on a disk without atomic
+        renames) is passed over for the one before it.
+        """
+        directory = self.restore_from
+        state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
+        paths = list(state.all_model_checkpoint_paths) if state is not None else []
+        errors = []
+        for path in reversed(paths):
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+                return path
+            except (tf.errors.OpError, AssertionError, ValueError, IndexError) as err:
+                # IndexError: a data file cut short ("Read less bytes than requested").
+                errors.append("%s: %s" % (path, err))
+        if errors:
+            raise RuntimeError("no checkpoint in %s could be restored:\n%s"
+                               % (directory, "\n".join(errors)))
+        return None
+
+    def remove_scratch(self):
+        """Delete a non-chief worker's scratch checkpoints (recreated by the next save)."""
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)

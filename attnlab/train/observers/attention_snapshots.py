@@ -1,0 +1,53 @@
+"""AttentionSnapshots: the attention of a fixed probe batch, saved into RUN/attention/."""
+import numpy as np
+
+from attnlab.train.observers.run_observer import RunObserver
+
+
+class AttentionSnapshots(RunObserver):
+    """Saves the probe's attention weights before training and every `every` epochs.
+
+    The model must accept `return_attention=True` and then return (output, weights), with
+    weights a dict layer name -> (B, H, T, S). The format belongs to attnlab.viz.snapshots,
+    which the notebooks read.
+
+    Args:
+        run_path: the run folder.
+        probe: (x, query_tokens, key_tokens): a fixed batch and its tokens.
+        every: epochs between snapshots (None: only the one before training).
+
+    Example:
+        >>> observer = AttentionSnapshots("runs/demo", (x[:4], tokens, tokens), every=2)
+    """
+
+    def __init__(self, run_path, probe, every=1):
+        super().__init__()
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or
+                                  every <= 0):
+            raise ValueError("every must be a positive integer or None, got %r" % (every,))
+        self.run_path = str(run_path)
+        self.probe = probe
+        self.every = every
+
+    def on_train_begin(self, logs=None):
+        if self.epochs_done == 0 and self.global_step == 0:
+            self._save(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every and (epoch + 1) % self.every == 0:
+            self._save(epoch + 1)
+
+    def _save(self, epoch):
+        # Imported here: the viz stack (matplotlib) loads only for runs that snapshot.
+        from attnlab.viz.snapshots import save_attention_snapshot
+
+        x, query_tokens, key_tokens = self.probe
+        _, weights = self.model(x, training=False, return_attention=True)
+        weights = {name: np.asarray(w, np.float32) for name, w in weights.items()}
+        # Snapshot tokens belong to the first layer: put first a layer whose (T, S) they fit
+        # (for a seq2seq model, the cross-attention: target queries over source keys).
+        t, s = len(query_tokens[0]), len(key_tokens[0])
+        names = sorted(weights, key=lambda n: weights[n].shape[2:] != (t, s))
+        save_attention_snapshot(self.run_path, self.global_step, epoch,
+                                {name: weights[name] for name in names}, query_tokens,
+                                key_tokens)
