@@ -187,6 +187,8 @@ def test_without_tensorflow_a_row_says_so_and_nothing_imports_it(tmp_path):
         "import sys\n"
         "from attnlab import doctor\n"
         "class Offline(doctor.System):\n"
+        "    def inside_container(self):\n"
+        "        return False\n"
         "    def tls_verifies(self, cafile):\n"
         "        raise OSError('offline')\n"
         "checks = doctor.run_checks(Offline(), sys.argv[1])\n"
