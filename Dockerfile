@@ -27,16 +27,23 @@ RUN --mount=type=secret,id=extra_ca \
     /tmp/attnlab-build/pip-with-ca install --upgrade "$(grep -E '^pip==' /tmp/attnlab-build/requirements.txt)" \
  && /tmp/attnlab-build/pip-with-ca install -r /tmp/attnlab-build/requirements.txt \
  && python3 -m pip check
+# No "get notified about Jupyter news?" pop-up: the announcements plugin is off (the
+# server side, news_url, is off in jupyter_server_config.py).
+RUN jupyter labextension disable --level=sys_prefix "@jupyterlab/apputils-extension:announcements"
 
 # The non-root user. Give it your UID/GID (build args; .env: ATTNLAB_UID, ATTNLAB_GID)
 # so that what it writes into bind mounts belongs to you. No sudo.
+# Its home is /workspace, so that SSH sessions (sshd starts them in the home folder) are
+# where the configs, notebooks and mounted runs are. Jupyter hides the dotfiles there.
 ARG USER_UID=1000
 ARG USER_GID=1000
 RUN [[ $USER_UID != 0 && $USER_GID != 0 ]] || { echo "USER_UID/USER_GID must not be 0" >&2; exit 1; }; \
     getent group "$USER_GID" > /dev/null || groupadd --gid "$USER_GID" researcher; \
-    useradd --no-log-init --uid "$USER_UID" --gid "$USER_GID" --create-home --shell /bin/bash researcher \
+    useradd --no-log-init --uid "$USER_UID" --gid "$USER_GID" --home-dir /workspace --create-home \
+      --shell /bin/bash researcher \
  && mkdir -p /workspace/runs /workspace/data /workspace/models /var/lib/attnlab/ssh-host-keys /var/lib/attnlab/run \
- && chmod 700 /var/lib/attnlab/ssh-host-keys \
+ && chmod 755 /workspace \
+ && chmod 700 /var/lib/attnlab/ssh-host-keys /var/lib/attnlab/run \
  && chown -R "$USER_UID:$USER_GID" /workspace /var/lib/attnlab
 
 COPY --chmod=755 docker/entrypoint /usr/local/bin/attnlab-entrypoint
@@ -60,6 +67,11 @@ COPY --chown=${USER_UID}:${USER_GID} scripts /workspace/scripts
 COPY --chown=${USER_UID}:${USER_GID} tests /workspace/tests
 
 ENV PYTHONPATH=/workspace
+# Runs go to the mounted runs folder wherever `attnlab train` is started (SSH, terminal,
+# notebook). TensorFlow keeps its warnings but not its INFO lines (oneDNN, CPU features),
+# which notebooks would show as stderr boxes.
+ENV ATTNLAB_RUNS_DIR=/workspace/runs \
+    TF_CPP_MIN_LOG_LEVEL=1
 # Pretrained weights come only from the mounted models folder (docs/pretrained.md): the
 # Hugging Face libraries never reach for the network, a missing model fails at once.
 ENV ATTNLAB_MODELS_DIR=/workspace/models \

@@ -6,6 +6,7 @@
     attnlab runs [--runs-dir DIR]
     attnlab logs NAME [-f] [--runs-dir DIR]
     attnlab stop NAME [--runs-dir DIR] [--timeout SECONDS]
+    attnlab doctor [--checkout DIR]
 
 The runs folder is ./runs unless --runs-dir or $ATTNLAB_RUNS_DIR says otherwise.
 """
@@ -316,16 +317,30 @@ def parser():
             s.add_argument("-f", "--follow", action="store_true", help="follow the log")
         if name == "stop":
             s.add_argument("--timeout", type=float, default=60.0)
+    d = sub.add_parser("doctor", help="check GPU, TensorFlow, mounts, token, SSH keys, ports "
+                                      "and the build's CA; print the fixes")
+    d.add_argument("--checkout", help="the checkout (outside the container; default: the "
+                                      "folder with docker-compose.yml at or above this one)")
     for s in [t, la] + [sub.choices[n] for n in ("runs", "logs", "stop")]:
         s.add_argument("--runs-dir", help="runs folder (default ./runs or $ATTNLAB_RUNS_DIR)")
     return p
+
+
+def cmd_doctor(args):
+    from attnlab import doctor
+
+    try:
+        return doctor.main(checkout=args.checkout)
+    except ValueError as err:
+        print("attnlab doctor: %s" % err, file=sys.stderr)
+        return 2
 
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser().parse_args(argv)
     commands = {"train": cmd_train, "launch": cmd_launch, "kubernetes": cmd_kubernetes,
-                "runs": cmd_runs, "logs": cmd_logs, "stop": cmd_stop}
+                "runs": cmd_runs, "logs": cmd_logs, "stop": cmd_stop, "doctor": cmd_doctor}
     try:
         return commands[args.command](args)
     except ConfigError as err:

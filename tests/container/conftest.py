@@ -9,9 +9,13 @@ Environment (scripts/test-container fills it in):
   ATTNLAB_ENGINE              podman (default) or docker
   ATTNLAB_BASE_IMAGE          base image to build on (default: the official TF 2.9 image;
                               with podman, the stand-in from tests/container/standin)
-  ATTNLAB_TEST_UID/GID        UID/GID of the "host user" owning the project (default 1234)
+  ATTNLAB_OTHER_UID           a UID other than root and 1000 that owns the second checkout
+                              of the focused ownership test (default 4321)
   ATTNLAB_E2E_NAME            compose project name and image tag prefix (default attnlab-e2e),
                               so that two checkouts can run this stage side by side
+  ATTNLAB_E2E_JUPYTER_PORT, ATTNLAB_E2E_SSH_PORT
+                              host ports of the stack (default 18888, 12222; the focused
+                              ownership test uses the next ones)
 """
 import json
 import os
@@ -32,8 +36,8 @@ collect_ignore_glob = [] if ENABLED else ["test_*.py"]
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_NAME = os.environ.get("ATTNLAB_E2E_NAME", "attnlab-e2e")
 IMAGE_REF = "localhost/attnlab-workbench:" + PROJECT_NAME
-JUPYTER_PORT = 18888
-SSH_PORT = 12222
+JUPYTER_PORT = int(os.environ.get("ATTNLAB_E2E_JUPYTER_PORT", "18888"))
+SSH_PORT = int(os.environ.get("ATTNLAB_E2E_SSH_PORT", "12222"))
 METRICS = {}
 
 
@@ -91,9 +95,9 @@ def engine():
 
 
 @pytest.fixture(scope="session")
-def ids():
-    return int(os.environ.get("ATTNLAB_TEST_UID", "1234")), \
-        int(os.environ.get("ATTNLAB_TEST_GID", "1234"))
+def ids(project):
+    """UID and GID of the container user, as scripts/make-env chose them."""
+    return project["ids"]
 
 
 @pytest.fixture(scope="session")
@@ -121,11 +125,9 @@ def ssh_key(workdir):
     return key
 
 
-@pytest.fixture(scope="session")
-def project(workdir, ssh_key, ids, base_image):
-    """A checkout as a user has it: the working tree, a .env from scripts/make-env, and
-    secrets and state lying around that must never reach the image (planted markers)."""
-    root = workdir / "attnlab"
+def copy_checkout(root):
+    """The working tree (tracked and untracked, not ignored) copied to `root`, owned by the
+    user running the tests (root), without tests/container."""
     files = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                 cwd=str(REPO)).stdout.split("\0")
     for name in filter(None, files):
@@ -133,23 +135,34 @@ def project(workdir, ssh_key, ids, base_image):
         if source.is_file() and not name.startswith("tests/container/"):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(str(source), str(root / name))
-    for folder in ("runs", "data", "notebooks"):
-        (root / folder).mkdir(exist_ok=True)
 
-    uid, gid = ids
+
+def make_env(root, ssh_key, image_ref, base_image, jupyter_port, ssh_port):
+    """scripts/make-env run as root (no -u/-g) plus the test settings; -> (token, uid, gid)."""
     run([str(root / "scripts" / "make-env"), "-o", str(root / ".env"), "-k",
-         str(ssh_key) + ".pub", "-u", str(uid), "-g", str(gid)])
+         str(ssh_key) + ".pub"])
     with (root / ".env").open("a") as env:
         env.write("\n# e2e test settings\n")
-        env.write("ATTNLAB_IMAGE=%s\n" % IMAGE_REF)
+        env.write("ATTNLAB_IMAGE=%s\n" % image_ref)
         env.write("BASE_IMAGE=%s\n" % base_image)
-        env.write("JUPYTER_PORT=%d\nSSH_PORT=%d\n" % (JUPYTER_PORT, SSH_PORT))
+        env.write("JUPYTER_PORT=%d\nSSH_PORT=%d\n" % (jupyter_port, ssh_port))
         # The corporate-proxy build option, exercised for real: the host's CA bundle
         # (with this machine's proxy CA) as the extra_ca build secret.
         env.write("ATTNLAB_EXTRA_CA=/etc/ssl/certs/ca-certificates.crt\n")
-    token = re.search(r"^JUPYTER_TOKEN=(\S+)$", (root / ".env").read_text(), re.M).group(1)
+    text = (root / ".env").read_text()
+    token = re.search(r"^JUPYTER_TOKEN=(\S+)$", text, re.M).group(1)
+    uid, gid = (int(re.search(r"^%s=(\d+)$" % name, text, re.M).group(1))
+                for name in ("ATTNLAB_UID", "ATTNLAB_GID"))
+    return token, uid, gid
 
-    markers = {"token": token, "private key": ssh_key.read_text().splitlines()[1]}
+
+@pytest.fixture(scope="session")
+def project(workdir, ssh_key, base_image):
+    """A checkout as a root user on a GPU server has it: everything owned by root, a .env
+    from scripts/make-env run as root, and secrets and state lying around that must never
+    reach the image (planted markers)."""
+    root = workdir / "attnlab"
+    copy_checkout(root)
     planted = {
         ".git/config": "git-marker-6f1d0c",
         "runs/old-run/checkpoints/ckpt-1.index": "checkpoint-marker-91ab22",
@@ -160,9 +173,11 @@ def project(workdir, ssh_key, ids, base_image):
     for name, text in planted.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
+    token, uid, gid = make_env(root, ssh_key, IMAGE_REF, base_image, JUPYTER_PORT, SSH_PORT)
+    markers = {"token": token, "private key": ssh_key.read_text().splitlines()[1]}
+    for name, text in planted.items():
         markers[name] = text.splitlines()[-1] if name != "id_ed25519" else markers["private key"]
-    run(["chown", "-R", "%d:%d" % (uid, gid), str(root)])
-    return {"root": root, "token": token, "markers": markers}
+    return {"root": root, "token": token, "markers": markers, "ids": (uid, gid)}
 
 
 @pytest.fixture(scope="session")
@@ -211,23 +226,32 @@ def stack(engine, project, image):
     engine.compose(root, "down", "-v", check=False, timeout=300)
 
 
-def http(path, token=None, port=JUPYTER_PORT, timeout=30):
-    """GET http://127.0.0.1:PORT/PATH without following redirects -> (status, headers, body)."""
+def http(path, token=None, port=JUPYTER_PORT, timeout=30, method="GET", json_body=None,
+         raw_headers=False):
+    """A request to http://127.0.0.1:PORT/PATH without following redirects -> (status,
+    headers, body); headers as a dict, or the message itself (all Set-Cookie lines) when
+    raw_headers."""
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
             return None
 
-    request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path))
+    data = None if json_body is None else json.dumps(json_body).encode()
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=data,
+                                     method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if token is not None:
         request.add_header("Authorization", "token " + token)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
     try:
         with opener.open(request, timeout=timeout) as response:
             body = response.read().decode("utf-8", "replace")
-            return response.status, dict(response.headers), body
+            headers = response.headers if raw_headers else dict(response.headers)
+            return response.status, headers, body
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read().decode("utf-8", "replace")
+        headers = error.headers if raw_headers else dict(error.headers)
+        return error.code, headers, error.read().decode("utf-8", "replace")
 
 
 def pytest_terminal_summary(terminalreporter):

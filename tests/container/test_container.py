@@ -4,16 +4,33 @@ Tests run in file order; the last ones stop and restart the stack.
 """
 import json
 import os
+import pwd
 import re
 import shlex
+import shutil
 import subprocess
 import tarfile
 import time
 from pathlib import Path
 
-from .conftest import METRICS, SSH_PORT, container_of, http, run, wait_healthy
+import pytest
+
+from .conftest import (
+    IMAGE_REF,
+    JUPYTER_PORT,
+    METRICS,
+    PROJECT_NAME,
+    SSH_PORT,
+    container_of,
+    copy_checkout,
+    http,
+    make_env,
+    run,
+    wait_healthy,
+)
 
 STATE_KEYS = "/var/lib/attnlab/ssh-host-keys"
+TOKEN_FOR_JUPYTER = "/var/lib/attnlab/run/jupyter-token"
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -157,11 +174,35 @@ def test_token_file_newline_is_stripped(engine, image, workdir):
     token_file.write_text("s3cret-from-file\r\n")
     token_file.chmod(0o644)
     result = run_once(engine, image, "python3", "-c",
-                      "import os; print(repr(os.environ['JUPYTER_TOKEN']))",
+                      "import os; print(repr(open(%r).read()))" % TOKEN_FOR_JUPYTER,
                       env={"JUPYTER_TOKEN_FILE": "/run/token"},
                       volumes=["%s:/run/token:ro" % token_file])
     assert result.returncode == 0, result.stdout
     assert "'s3cret-from-file'" in result.stdout
+
+
+def test_token_is_given_to_jupyter_in_a_file_of_the_user_only(engine, image):
+    result = run_once(engine, image, "bash", "-c",
+                      "echo file: $(stat -c '%%a %%U' %s) $(cat %s); "
+                      "echo token variables: $(env | grep -c JUPYTER_TOKEN)"
+                      % (TOKEN_FOR_JUPYTER, TOKEN_FOR_JUPYTER),
+                      env={"JUPYTER_TOKEN": "in-env-token"})
+    assert result.returncode == 0, result.stdout
+    assert "\nfile: 600 researcher in-env-token\n" in result.stdout, result.stdout
+    assert "\ntoken variables: 0\n" in result.stdout, result.stdout
+
+
+def test_an_unwritable_mount_is_named_at_start_with_the_fix(engine, image, workdir):
+    """A data folder the container user cannot write (here: root's) is named in the log
+    with the one host command that fixes it."""
+    folder = workdir / "root-owned-data"
+    folder.mkdir(mode=0o755)
+    result = run_once(engine, image, "id", "-u", volumes=["%s:/workspace/data" % folder])
+    assert result.returncode == 0, result.stdout
+    uid = re.search(r"^(\d+)$", result.stdout, re.M).group(1)
+    assert "/workspace/data is not writable by uid %s" % uid in result.stdout, result.stdout
+    assert re.search(r"sudo chown -R %s:\d+ data\n" % uid, result.stdout), result.stdout
+    assert "/workspace/runs is not writable" not in result.stdout, result.stdout
 
 
 def test_without_token_a_random_one_is_printed_and_without_key_ssh_is_off(engine, image):
@@ -260,6 +301,18 @@ def test_tensorboard_is_behind_the_token(stack):
     assert json.loads(body)["logdir"] == "/workspace/runs"
 
 
+def test_tensorboard_cannot_be_framed_by_other_sites_and_finds_its_fonts(stack):
+    status, headers, body = http("/tensorboard/", token=stack["token"], timeout=180)
+    assert status == 200, body[:2000]
+    policy = headers["Content-Security-Policy"]
+    assert "frame-ancestors 'self'" in policy, policy
+    fonts = re.findall(r"url\(([^)]*font-roboto/[^)]+)\)", body)
+    assert fonts, "no font in TensorBoard's page"
+    assert not [url for url in fonts if url.startswith("/")], fonts
+    status, _, _ = http("/tensorboard/" + fonts[0], token=stack["token"])
+    assert status == 200
+
+
 def test_healthcheck_reports_healthy(engine, stack):
     healthy, output = engine.health(stack["id"])
     assert healthy, output
@@ -314,6 +367,228 @@ def test_files_written_into_bind_mounts_belong_to_the_host_user(stack, ssh_key, 
     assert (stat.st_uid, stat.st_gid) == ids
 
 
+def test_make_env_as_root_gives_the_writable_folders_to_a_user_of_no_host_account(project):
+    """The checkout belongs to root (a root user on a GPU server): make-env picks a UID that
+    is neither root nor a host account's (UID 1000 may be someone's) and gives it notebooks/,
+    runs/ and data/, so that the workbench can write them without a manual chown."""
+    uid, gid = project["ids"]
+    assert uid != 0 and gid != 0
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)
+    for folder in ("notebooks", "runs", "data"):
+        for path in [project["root"] / folder] + list((project["root"] / folder).rglob("*")):
+            assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+    assert project["root"].stat().st_uid == 0
+
+
+def save_notebook_with_checkpoint(token, port=JUPYTER_PORT, name="e2e-saved.ipynb"):
+    """Saves a notebook into notebooks/ through Jupyter's API, then makes its checkpoint
+    (notebooks/.ipynb_checkpoints): what JupyterLab does on the first save."""
+    notebook = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = "/api/contents/notebooks/" + name
+    status, _, body = http(path, token=token, port=port, method="PUT",
+                           json_body={"type": "notebook", "format": "json",
+                                      "content": notebook})
+    assert status in (200, 201), (status, body[:2000])
+    status, _, body = http(path + "/checkpoints", token=token, port=port, method="POST",
+                           json_body={})
+    assert status == 201, (status, body[:2000])
+
+
+def test_jupyter_saves_notebooks_in_a_root_owned_checkout(stack):
+    saved = stack["root"] / "notebooks" / "e2e-saved.ipynb"
+    try:
+        save_notebook_with_checkpoint(stack["token"])
+        assert saved.exists()
+        assert list((stack["root"] / "notebooks" / ".ipynb_checkpoints").glob("e2e-saved*"))
+    finally:
+        # Not a shipped notebook: the notebook and unit tests below must not find it.
+        saved.unlink()
+        shutil.rmtree(str(stack["root"] / "notebooks" / ".ipynb_checkpoints"))
+
+
+def test_ssh_sessions_start_in_workspace_and_runs_default_to_the_mounted_folder(stack, ssh_key,
+                                                                                 ids):
+    """`ssh ...` lands in /workspace (relative config paths work) and `attnlab runs` lists
+    the mounted runs folder from any directory."""
+    probe = stack["root"] / "runs" / "e2e-ssh-probe"
+    probe.mkdir()
+    (probe / "status.json").write_text(json.dumps({"state": "finished", "epoch": 3}))
+    for path in (probe, probe / "status.json"):
+        os.chown(str(path), *ids)
+    out = ssh(ssh_key, "pwd; test -r configs/tiny_reverse.yaml && echo config-found; "
+                       "attnlab runs; cd /tmp && attnlab runs").stdout
+    lines = out.splitlines()
+    assert lines[0] == "/workspace", out
+    assert lines[1] == "config-found", out
+    assert out.count("e2e-ssh-probe") == 2, out
+    login = ssh(ssh_key, "bash -lc pwd").stdout.split()
+    assert login == ["/workspace"], login
+
+
+def test_no_capability_and_no_new_privileges_for_any_process(engine, stack):
+    """compose drops every capability and sets no-new-privileges: the bounding, permitted
+    and effective sets of every process are empty and NoNewPrivs is 1."""
+    script = (
+        "import os\n"
+        "for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):\n"
+        "    try:\n"
+        "        fields = dict(line.split(':', 1) for line in open('/proc/%d/status' % pid))\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    print(pid, *(fields[k].strip() for k in ('CapBnd', 'CapPrm', 'CapEff', "
+        "'NoNewPrivs', 'Name')))\n")
+    table = in_container(engine, stack["id"], "python3", "-c", script).stdout
+    rows = [line.split() for line in table.strip().splitlines()]
+    assert len(rows) >= 3, table
+    for row in rows:
+        assert row[1:4] == ["0000000000000000"] * 3, "a process has capabilities:\n" + table
+        assert row[4] == "1", "a process may gain privileges:\n" + table
+
+
+def test_login_cookie_is_samesite(stack):
+    status, headers, _ = http("/lab?token=" + stack["token"], raw_headers=True)
+    assert status == 200
+    cookies = [c for c in headers.get_all("Set-Cookie") or [] if c.startswith("username-")]
+    assert cookies, headers
+    assert all("samesite=lax" in c.lower() for c in cookies), cookies
+
+
+def running_kernel_environment(engine, stack):
+    """Starts a kernel through Jupyter's API; -> (the kernel process' environment as Jupyter
+    gave it, the kernel id)."""
+    status, _, body = http("/api/kernels", token=stack["token"], method="POST",
+                           json_body={"name": "python3"})
+    assert status == 201, body
+    kernel = json.loads(body)["id"]
+    script = (
+        "import json, os, sys, time\n"
+        "for _ in range(120):\n"
+        "    for pid in (p for p in os.listdir('/proc') if p.isdigit()):\n"
+        "        try:\n"
+        "            cmd = open('/proc/%s/cmdline' % pid, 'rb').read()\n"
+        "            environ = open('/proc/%s/environ' % pid, 'rb').read()\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        if b'ipykernel' in cmd and sys.argv[1].encode() in cmd:\n"
+        "            print(json.dumps(dict(item.decode().split('=', 1)\n"
+        "                                  for item in environ.split(b'\\0') if b'=' in item)))\n"
+        "            sys.exit(0)\n"
+        "    time.sleep(0.5)\n"
+        "sys.exit('no kernel process ' + sys.argv[1])\n")
+    result = in_container(engine, stack["id"], "python3", "-c", script, kernel)
+    return json.loads(result.stdout.strip().splitlines()[-1]), kernel
+
+
+def test_kernels_and_server_processes_do_not_have_the_token(engine, stack):
+    environment, kernel = running_kernel_environment(engine, stack)
+    try:
+        assert "JUPYTER_TOKEN" not in environment, sorted(environment)
+        assert stack["token"] not in json.dumps(environment)
+        # TensorFlow in a notebook: warnings, but no INFO lines on stderr.
+        script = ("import tensorflow as tf; "
+                  "print(float(tf.reduce_sum(tf.ones([4, 4]) @ tf.ones([4, 4]))))")
+        result = in_container(engine, stack["id"], "env", "-i",
+                              *["%s=%s" % item for item in environment.items()],
+                              "python3", "-c", script)
+        assert result.stdout.strip().splitlines()[-1] == "64.0", result.stdout
+        assert not re.search(r"^\S+ \S+: I tensorflow/", result.stdout, re.M), result.stdout
+    finally:
+        http("/api/kernels/" + kernel, token=stack["token"], method="DELETE")
+    # `ps e`: the environment of every process but tini and the entrypoint shell (started
+    # with the container's environment, as is this `exec`) is free of the token.
+    script = (
+        "import os, sys\n"
+        "for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):\n"
+        "    if pid == os.getpid():\n"
+        "        continue\n"
+        "    try:\n"
+        "        cmd = open('/proc/%d/cmdline' % pid, 'rb').read().replace(b'\\0', b' ')\n"
+        "        environ = open('/proc/%d/environ' % pid, 'rb').read()\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    print(pid, sys.argv[1].encode() in environ, cmd.decode(errors='replace')[:80])\n")
+    table = in_container(engine, stack["id"], "python3", "-c", script, stack["token"]).stdout
+    holders = [line for line in table.splitlines() if line.split()[1] == "True"]
+    assert all(("tini" in line or "attnlab-entrypoint" in line) for line in holders), table
+    assert any("jupyter" in line for line in table.splitlines()), table
+
+
+def test_every_lab_extension_accepts_the_lab_versions(engine, stack):
+    """No "Unsatisfied version" in the browser console: every prebuilt extension's required
+    @jupyterlab/* and @lumino/* versions (as its webpack bundle states them) are met by the
+    versions JupyterLab itself ships."""
+    script = (
+        "import glob, json, os, re, jupyterlab\n"
+        "lab = json.load(open(os.path.join(os.path.dirname(jupyterlab.__file__),\n"
+        "                                   'static', 'package.json')))['resolutions']\n"
+        "needs = {}\n"
+        "for path in glob.glob('/usr/local/share/jupyter/labextensions/**/static/*.js',\n"
+        "                      recursive=True):\n"
+        "    text = open(path, encoding='utf-8', errors='replace').read()\n"
+        "    name = path.split('/labextensions/')[1].split('/static/')[0]\n"
+        "    found = needs.setdefault(name, [])\n"
+        "    for pkg, rng in re.findall(r'shareKey:\"(@(?:jupyterlab|lumino)/[\\w-]+)\"'\n"
+        "                               r'[^}]*?requiredVersion:\"([^\"]+)\"', text):\n"
+        "        found.append((pkg, rng))\n"
+        "    for pkg, parts in re.findall(r'\"(@(?:jupyterlab|lumino)/[\\w-]+)\",!?[01]?,?'\n"
+        "                                 r'\\[([0-9,]+)\\]', text):\n"
+        "        found.append((pkg, parts))\n"
+        "print(json.dumps({'lab': lab, 'needs': needs}))\n")
+    data = json.loads(in_container(engine, stack["id"], "python3", "-c", script)
+                      .stdout.strip().splitlines()[-1])
+    assert "@jupyter-widgets/jupyterlab-manager" in data["needs"], sorted(data["needs"])
+    assert data["needs"]["@jupyter-widgets/jupyterlab-manager"], data["needs"]
+
+    def version(text):
+        return tuple(int(x) for x in re.findall(r"\d+", text.split("-")[0])[:3])
+
+    unmet = []
+    for extension, requirements in data["needs"].items():
+        for package, wanted in requirements:
+            if package not in data["lab"]:
+                continue
+            have = version(data["lab"][package])
+            if "," in wanted:  # webpack's encoding: [fixed parts, major, minor, patch]
+                fixed, *numbers = (int(x) for x in wanted.split(","))
+                wanted_version, fixed = tuple(numbers[:3]), fixed
+            elif wanted.startswith("^"):
+                wanted_version = version(wanted)
+                fixed = 1 if wanted_version[0] else 2
+            elif wanted.startswith("~"):
+                wanted_version, fixed = version(wanted), 2
+            else:
+                wanted_version, fixed = version(wanted), 3
+            ok = have[:fixed] == wanted_version[:fixed] and have >= wanted_version
+            if not ok:
+                unmet.append((extension, package, wanted, data["lab"][package]))
+    assert not unmet, unmet
+
+
+def test_jupyter_news_are_off_and_unauthenticated_requests_log_no_traceback(engine, stack):
+    status, _, body = http("/lab?token=" + stack["token"])
+    assert status == 200
+    config = json.loads(re.search(r'<script id="jupyter-config-data" type="application/json">'
+                                  r"(.*?)</script>", body, re.S).group(1))
+    assert "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"]
+    status, _, _ = http("/api/kernels")
+    assert status == 403
+    logs = engine("logs", stack["id"]).stdout
+    assert "403 GET /api/kernels" in logs, logs[-3000:]
+    assert "HTTPError: HTTP 403" not in logs, logs[-3000:]
+
+
+def test_doctor_in_the_container_reports_each_check(stack, ssh_key, ids):
+    result = ssh(ssh_key, "attnlab doctor", check=False)
+    rows = {name: [status, detail] for name, status, detail in re.findall(
+        r"^(TensorFlow|GPU|Mounts|Token|SSH keys) +(ok|warn|FAIL) +(.*)$", result.stdout, re.M)}
+    assert rows["TensorFlow"] == ["ok", "2.9.0 (a CPU build: no CUDA)"], result.stdout
+    assert rows["GPU"][0] == "warn" and "docker-compose.gpu.yml" in result.stdout, result.stdout
+    assert rows["Mounts"] == ["ok", "notebooks, runs, data writable by uid %d" % ids[0]]
+    assert rows["Token"][0] == rows["SSH keys"][0] == "ok", result.stdout
+    assert result.returncode == 0, result.stdout
+
+
 def test_attnlab_edits_on_the_host_are_live_in_the_container(stack, ssh_key, ids):
     probe = stack["root"] / "attnlab" / "_e2e_probe.py"
     probe.write_text("VALUE = 'edited on the host'\n")
@@ -349,7 +624,10 @@ def test_attnlab_unit_tests_pass_in_the_container_on_tf29(engine, image, project
     """The unit suite (everything under tests/ but container/ and browser/) on TF 2.9, in a
     container of the image with the whole checkout at /workspace: some tests run the repo's
     scripts/, benchmarks/ and configs/, which compose does not mount."""
-    root = project["root"]
+    # A copy owned by the container user: /workspace is its home and the tests' cwd.
+    root = project["root"].parent / "unit-checkout"
+    shutil.copytree(str(project["root"]), str(root), symlinks=True)
+    run(["chown", "-R", "%d:%d" % project["ids"], str(root)])
     tests = root / "tests"
     unit = [p for p in tests.rglob("test_*.py")
             if p.relative_to(tests).parts[0] not in ("container", "browser")]
@@ -430,3 +708,44 @@ def test_stop_sends_sigterm_to_detached_processes_and_restart_works(engine, stac
     assert host_key_line() == key_before
     status, _, _ = http("/api/contents", token=stack["token"])
     assert status == 200
+
+
+def test_a_checkout_owned_by_another_uid_is_writable(engine, image, project, base_image,
+                                                     ssh_key, workdir):
+    """The second ownership case, focused: a checkout owned by a UID that is neither root
+    nor 1000, make-env run as root on it, then `compose up` of its own image (only the user
+    layers are rebuilt): the container user is that UID and saves notebooks, writes runs/
+    and data/. The whole suite runs once, on the root-owned checkout above."""
+    other = int(os.environ.get("ATTNLAB_OTHER_UID", "4321"))
+    root = workdir / ("attnlab-uid-%d" % other)
+    copy_checkout(root)
+    run(["chown", "-R", "%d:%d" % (other, other), str(root)])
+    name, ref = PROJECT_NAME + "-uid", IMAGE_REF + "-uid"
+    token, uid, gid = make_env(root, ssh_key, ref, base_image, JUPYTER_PORT + 1, SSH_PORT + 1)
+    assert (uid, gid) == (other, other)
+
+    def compose(*args, **kwargs):
+        return run(list(engine.compose_cmd) + ["-p", name] +
+                   (engine.build_args if args[0] == "build" else []) + list(args),
+                   cwd=str(root), **kwargs)
+
+    compose("down", "-v", check=False, timeout=300)
+    try:
+        started = time.monotonic()
+        compose("build", timeout=3600)
+        compose("up", "-d", timeout=600)
+        ids = engine("ps", "-q", "--filter", "label=com.docker.compose.project=" + name)
+        container = ids.stdout.split()[0]
+        wait_healthy(engine, container)
+        METRICS["second checkout (UID %d): build + up -> healthy, s" % other] = round(
+            time.monotonic() - started, 1)
+        save_notebook_with_checkpoint(token, port=JUPYTER_PORT + 1)
+        out = in_container(engine, container, "bash", "-c",
+                           "id -u && touch /workspace/runs/probe /workspace/data/probe").stdout
+        assert out.split()[-1] == str(other), out
+        for path in ("notebooks/e2e-saved.ipynb", "runs/probe", "data/probe"):
+            assert (root / path).stat().st_uid == other, path
+        assert "is not writable" not in engine("logs", container).stdout
+    finally:
+        compose("down", "-v", check=False, timeout=300)
+        engine("rmi", "-f", ref, check=False)

@@ -107,3 +107,27 @@ def test_detached_run_survives_stops_cleanly_and_resumes(tmp_path):
         "logs", "bg", "--runs-dir", runs).stdout
     assert _status(runs, "bg")["state"] == "finished"
     assert os.path.exists(os.path.join(runs, "bg", "metrics.json"))
+
+
+def test_runs_folder_defaults_to_attnlab_runs_dir_wherever_the_command_runs(
+        tmp_path, monkeypatch, capsys):
+    """The image sets ATTNLAB_RUNS_DIR to the mounted runs folder: `attnlab runs` started in
+    another directory (an SSH session's) reads it, and --runs-dir still wins."""
+    mounted = tmp_path / "mounted-runs"
+    (mounted / "from-env").mkdir(parents=True)
+    (mounted / "from-env" / "status.json").write_text(json.dumps({"state": "finished"}))
+    elsewhere = tmp_path / "home"
+    (elsewhere / "runs" / "local-run").mkdir(parents=True)
+    (elsewhere / "runs" / "local-run" / "status.json").write_text(
+        json.dumps({"state": "finished"}))
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("ATTNLAB_RUNS_DIR", str(mounted))
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert "from-env" in out and "local-run" not in out
+    assert main(["runs", "--runs-dir", "runs"]) == 0
+    out = capsys.readouterr().out
+    assert "local-run" in out and "from-env" not in out
+    monkeypatch.delenv("ATTNLAB_RUNS_DIR")
+    assert main(["runs"]) == 0
+    assert "local-run" in capsys.readouterr().out
