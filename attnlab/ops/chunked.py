@@ -195,9 +195,10 @@ def _scaled_query_chunk(plan, q, q_index, chunk_scale):
     return q_i if chunk_scale is None else q_i * tf.cast(chunk_scale, q.dtype)
 
 
-def _merged_key_chunks(plan, q_i, q_index, read_key, read_value, acc_dtype):
+def _merged_key_chunks(plan, q_i, q_index, read_key, read_value, value_depth, acc_dtype):
     """Output, lse and the per-block lse of one query chunk: each key chunk's block is
-    normalized by its own softmax and merged into the running average (`_merge`)."""
+    normalized by its own softmax and merged into the running average (`_merge`).
+    `value_depth` is dv as a (1,) tensor."""
     no_mass = tf.fill(tf.concat([tf.shape(q_i)[:-1], [1]], 0), mask_value(acc_dtype))
 
     def key_step(k_index, out, lse, block_lses):
@@ -206,7 +207,6 @@ def _merged_key_chunks(plan, q_i, q_index, read_key, read_value, acc_dtype):
         out, lse = _merge(out, lse, block_out, block_lse)
         return k_index + 1, out, lse, block_lses.write(k_index, block_lse)
 
-    value_depth = tf.shape(read_value(0))[-1:]
     init = (tf.constant(0), tf.zeros(tf.concat([tf.shape(q_i)[:-1], value_depth], 0),
                                      acc_dtype),
             no_mass, chunk_array(plan.num_k, acc_dtype, fill=no_mass))
@@ -255,10 +255,11 @@ def _forward(plan, q, k, v, chunk_scale, acc_dtype):
     """
     # Every query chunk reads every key chunk: slice them once.
     keys, values = (split(plan.pad_keys(x), plan.num_k, plan.k_chunk) for x in (k, v))
+    value_depth = tf.shape(v)[-1:]
 
     def attend_query_chunk(q_i, q_index):
         out, lse, block_lses = _merged_key_chunks(plan, q_i, q_index, keys.read, values.read,
-                                                  acc_dtype)
+                                                  value_depth, acc_dtype)
         return out, tf.exp(block_lses.stack() - lse)
 
     return _over_query_chunks(plan, q, chunk_scale, attend_query_chunk, acc_dtype)
@@ -272,13 +273,14 @@ def _forward_exp(plan, q, k, v, chunk_scale, acc_dtype):
     first_key = k[..., :1, :]
     key_columns, value_columns = (split(x, plan.num_k, plan.k_chunk, ones_column=True)
                                   for x in (k, v))
+    value_depth = tf.shape(v)[-1:]
 
     def attend_query_chunk(q_i, q_index):
         out, lse, fits = _shifted_key_chunks(plan, q_i, q_index, first_key, key_columns,
                                              value_columns)
         return tf.cond(fits, lambda: (out, lse), lambda: _merged_key_chunks(
             plan, q_i, q_index, lambda i: key_columns.read(i)[..., :-1],
-            lambda i: value_columns.read(i)[..., :-1], acc_dtype)[:2])
+            lambda i: value_columns.read(i)[..., :-1], value_depth, acc_dtype)[:2])
 
     return _over_query_chunks(plan, q, chunk_scale, attend_query_chunk, acc_dtype)
 
