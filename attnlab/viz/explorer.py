@@ -23,8 +23,6 @@ from attnlab.viz.explorer_figure import ExplorerFigure
 from attnlab.viz.explorer_panel import ExplorerPanel, batch_size, explorer_frames
 from attnlab.viz.plots import EXPORT_FORMATS, atomic_write_bytes, export_format
 
-HEAD_AGGREGATES = ("mean", "max", "rollout")
-
 
 class AttentionExplorer:
     """Interactive attention heatmap with controls, token selection, comparison and export.
