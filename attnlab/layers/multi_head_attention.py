@@ -15,6 +15,7 @@ from attnlab.ops.kernels import (
 )
 from attnlab.ops.masks import align_mask, band_mask, causal_mask, combine_masks
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention, static_training
+from attnlab.ops.score_bias import align_bias
 from attnlab.validation import check_bool, check_floating, check_positive_int, check_rate, shape_str
 
 # Exported as experimental in TF 2.9, also under tf.keras.layers from TF 2.10 on.
@@ -102,6 +103,11 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             they are then computed by `scaled_dot_product_attention`, the reference).
         training: dropout switch.
         use_causal_mask: Keras's causal mask: query i sees keys j <= i.
+        attention_bias: a floating tensor added to the scaled scores before the softmax
+            (prior knowledge such as a distance prior or term weights), broadcastable to
+            (B, H, T, S): e.g. (B, 1, 1, S) per key, (1, H, T, S) per head, (B, T, S) (a head
+            axis is added). Every kernel takes it (`attnlab.ops.score_bias`); it gets a
+            gradient. (B, T, D) inputs only.
         causal: attnlab's causal mask, aligned so the last query sees the last key.
         cache: `(key_cache (B, H, S_max, dk), value_cache (B, H, S_max, dv))`, head-major,
             see `init_cache`. With `cache_update_index` the projected keys/values of the T
@@ -282,7 +288,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
     # ------------------------------------------------------------------------------ call
     def call(self, query, value, key=None, attention_mask=None, return_attention_scores=False,
              training=None, use_causal_mask=False, causal=False, cache=None,
-             cache_update_index=None):
+             cache_update_index=None, attention_bias=None):
         query, value, key, key_is_value, query_lengths, padding = self._densify(
             query, value, key)
         use_cache = cache is not None
@@ -297,6 +303,12 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         self._check_inputs(query=query, value=value, key=key)
         self._check_call_options(query, value, return_attention_scores, use_causal_mask,
                                  causal, use_cache, cache_update_index)
+        if attention_bias is not None and not self._layout.is_sequence:
+            raise ValueError("attention_bias needs (B, T, D) inputs, got query of shape %s"
+                             % shape_str(query))
+        if attention_bias is not None and _overrides(self, "_compute_attention"):
+            raise ValueError("attention_bias is not passed to an overridden "
+                             "_compute_attention (Keras's hook has no bias argument)")
         dtype = self.compute_dtype
         query, value, key = (tf.cast(x, dtype) for x in (query, value, key))
         mask = attention_mask
@@ -307,14 +319,14 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         if use_cache:
             output, scores, new_cache = self._attend_with_cache(
                 query, value, key, mask, cache, cache_update_index, training,
-                return_attention_scores)
+                return_attention_scores, attention_bias)
         elif _overrides(self, "_compute_attention"):
             output, scores = self._call_compute_attention(
                 query, value, key, mask, use_causal_mask, causal, training)
         else:
             output, scores = self._project_and_attend(
                 query, value, key, mask, use_causal_mask, causal, training,
-                return_attention_scores, self_attention)
+                return_attention_scores, self_attention, attention_bias)
         output = self._output_dense(output)
 
         if query_lengths is not None:
@@ -428,7 +440,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                              % (cache_update_index,))
 
     def _project_and_attend(self, query, value, key, mask, use_causal_mask, causal, training,
-                            return_scores, self_attention):
+                            return_scores, self_attention, bias=None):
         """Project, fold into the kernels' layout, attend, unfold: (B, ..., H, dv) output
         and Keras-layout weights (None unless `return_scores`)."""
         q, k, v = self._project(query, value, key, self_attention)  # (B', H, L, depth)
@@ -439,7 +451,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             offset = tf.shape(k)[2] - tf.shape(q)[2]
         output, scores = self._attend(q, k, v, self._kernel_mask(mask, query, key),
                                       offset is not None, offset, training, False,
-                                      return_scores)
+                                      return_scores, bias)
         if scores is not None:
             scores = self._layout.scores_from_heads_first(scores, query, key)
         return self._layout.from_heads_first(output, query), scores
@@ -489,7 +501,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         return tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]), num=3)  # 3 x (B, H, L, dk)
 
     def _attend_with_cache(self, query, value, key, mask, cache, cache_update_index,
-                           training, return_scores):
+                           training, return_scores, bias=None):
         """Attention of (B, T, D) queries over a KV cache, written first when
         `cache_update_index` is given; returns (B, T, H, dv) output, weights, new cache."""
         if not isinstance(cache, (tuple, list)) or len(cache) != 2:
@@ -512,7 +524,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             mask = align_mask(mask, tf.TensorShape([query.shape[0], self.num_heads,
                                                     query.shape[1], key_cache.shape[2]]))
         output, scores = self._attend(q, key_cache, value_cache, mask, offset is not None,
-                                      offset, training, True, return_scores)
+                                      offset, training, True, return_scores, bias)
         return _heads_first(output), scores, (key_cache, value_cache)
 
     def _call_compute_attention(self, query, value, key, mask, use_causal_mask, causal,
@@ -556,12 +568,17 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             scores = layout.scores_from_heads_first(scores, query, key)
         return layout.from_heads_first(output, query), scores
 
-    def _attend(self, q, k, v, mask, causal, offset, training, use_cache, return_scores):
+    def _attend(self, q, k, v, mask, causal, offset, training, use_cache, return_scores,
+                bias=None):
         """(B, H, T, dk), (B, H, S, dk), (B, H, S, dv) -> (B, H, T, dv) output and weights
         (None unless `return_scores`). Queries are already scaled; `offset` aligns the
-        causal mask. The layer's kernel computes the output; the weights and dropout on them
-        come from the reference, `scaled_dot_product_attention`."""
+        causal mask; `bias` is the call's `attention_bias`. The layer's kernel computes the
+        output; the weights and dropout on them come from the reference,
+        `scaled_dot_product_attention`."""
         kernel, kernel_name = self._kernel, self._kernel_name
+        if bias is not None:
+            bias = align_bias(bias, tf.TensorShape([q.shape[0], self.num_heads, q.shape[2],
+                                                    k.shape[2]]), q.dtype)
         if kernel_name == "local" and use_cache:
             # A decoding step attends over the cache anyway: the band mask at the queries'
             # absolute positions gives local attention exactly, without equal lengths.
@@ -571,13 +588,13 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             kernel = attention_kernel("auto")
         dropout = self.dropout > 0.0 and static_training(training) is not False
         if not (return_scores or dropout):
-            return kernel(q, k, v, mask=mask, causal=causal, offset=offset), None
+            return kernel(q, k, v, mask=mask, causal=causal, offset=offset, bias=bias), None
         if causal:
             mask = combine_masks(mask, causal_mask(tf.shape(q)[2], tf.shape(k)[2], offset)[
                 tf.newaxis, tf.newaxis])
         result = scaled_dot_product_attention(q, k, v, mask=mask, scale=1.0,
                                               dropout_rate=self.dropout, training=training,
-                                              return_weights=return_scores)
+                                              return_weights=return_scores, bias=bias)
         return result if return_scores else (result, None)
 
     def _check_cache(self, key_cache, value_cache):

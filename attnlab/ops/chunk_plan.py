@@ -27,9 +27,10 @@ class ChunkPlan:
     """
 
     def __init__(self, query, key, mask, causal, causal_offset, query_chunk_size,
-                 key_chunk_size):
+                 key_chunk_size, bias=None):
         self.rank = query.shape.rank
         self.mask = mask
+        self.bias = bias
         self.causal = causal
         self.t = static_or_dynamic_length(query, -2)
         self.s = static_or_dynamic_length(key, -2)
@@ -70,6 +71,14 @@ class ChunkPlan:
         for part in parts:
             keep = part if keep is None else tf.logical_and(keep, part)
         return keep
+
+    def bias_block(self, q_index, k_index):
+        """The score bias of one block (axes of size 1 stay unexpanded), or None."""
+        if self.bias is None:
+            return None
+        q_pos = q_index * self.q_chunk + tf.range(self.q_chunk)
+        k_pos = k_index * self.k_chunk + tf.range(self.k_chunk)
+        return _slice_axis(_slice_axis(self.bias, q_pos, self.rank - 2), k_pos, self.rank - 1)
 
     def key_chunks_needed(self, q_index):
         """Key chunks that any query of this chunk can see; causal skips those after it."""

@@ -37,13 +37,16 @@ from attnlab.ops.full import EXP_ROW_SUM_LIMIT, NORMALIZATIONS
 from attnlab.ops.masked_softmax import mask_value, softmax_dtype
 from attnlab.ops.masks import align_mask
 from attnlab.ops.scaled_dot_product import resolve_scale
+from attnlab.ops.score_bias import align_bias, reduce_to_shape_of
 from attnlab.validation import check_choice, check_positive_int, check_query_key_value, shape_str
 
 
 # ------------------------------------------------------------------ one block
-def _block_scores(query, key, keep, acc_dtype):
-    """q k^T of one block, masked scores replaced by the mask value."""
+def _block_scores(query, key, keep, acc_dtype, bias=None):
+    """q k^T (+ the block's bias) of one block, masked scores replaced by the mask value."""
     scores = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype)
+    if bias is not None:
+        scores = scores + bias
     if keep is not None:
         # Replacing (not offsetting) masked scores keeps exp() finite.
         scores = tf.where(keep, scores, mask_value(acc_dtype))
@@ -72,14 +75,14 @@ def _block_lse(first_score, weights, max_score):
     return lse
 
 
-def _block_attention(query, key, value, keep, acc_dtype):
+def _block_attention(query, key, value, keep, acc_dtype, bias=None):
     """Attention of one query chunk over one key chunk alone: (softmax(s) v, lse(s)).
 
     The output is normalized within the block; lse, the log-sum-exp of each row's
     visible scores, weighs it against the other blocks. Rows with nothing visible give a
     zero output and an lse of the mask value (no mass).
     """
-    scores = _block_scores(query, key, keep, acc_dtype)
+    scores = _block_scores(query, key, keep, acc_dtype, bias)
     first_score = scores[..., :1]
     # The softmax runs after that slice and is the last to read the scores, so it can
     # write its output over them in place; the rare fallback of `_block_lse` computes
@@ -89,7 +92,7 @@ def _block_attention(query, key, value, keep, acc_dtype):
         weights = tf.nn.softmax(scores)
     output = tf.cast(tf.matmul(tf.cast(weights, value.dtype), value), acc_dtype)
     lse = _block_lse(first_score, weights, lambda: tf.reduce_max(
-        _block_scores(query, key, keep, acc_dtype), axis=-1, keepdims=True))
+        _block_scores(query, key, keep, acc_dtype, bias), axis=-1, keepdims=True))
     if keep is not None:
         # A row with nothing visible has uniform weights over masked keys: no mass.
         visible = tf.reduce_any(keep, axis=-1, keepdims=True)
@@ -98,24 +101,25 @@ def _block_attention(query, key, value, keep, acc_dtype):
     return output, lse
 
 
-def _shifted_block(query_column, key_column, value_column, keep):
-    """One block's share of the exp formulation: exp([q, -s0] [k, 1]^T) [v, 1], masked
-    entries zero. s0 is each query's score against key 0 of the whole sequence, the same
+def _shifted_block(query_column, key_column, value_column, keep, bias=None):
+    """One block's share of the exp formulation: exp([q, -s0] [k, 1]^T + bias) [v, 1],
+    masked entries zero. s0 is each query's score against key 0 of the whole sequence, the same
     for every block, so the shares of all blocks simply add up: the sum's last column is the
     row sum of exp(s - s0) over the keys seen so far, and its other columns are the
     unnormalized output (see `forward` in `chunked_attention`)."""
-    weights = tf.exp(tf.matmul(query_column, key_column, transpose_b=True))
+    shifted = tf.matmul(query_column, key_column, transpose_b=True)
+    weights = tf.exp(shifted if bias is None else shifted + bias)
     if keep is not None:
         weights = tf.where(keep, weights, tf.zeros([], weights.dtype))
     return tf.matmul(weights, value_column)
 
 
-def _block_weights(query, key, keep, acc_dtype):
-    """softmax(q k^T) over this block's keys alone, masked as in `_block_attention`."""
-    return tf.nn.softmax(_block_scores(query, key, keep, acc_dtype))
+def _block_weights(query, key, keep, acc_dtype, bias=None):
+    """softmax(q k^T + bias) over this block's keys alone, masked as in `_block_attention`."""
+    return tf.nn.softmax(_block_scores(query, key, keep, acc_dtype, bias))
 
 
-def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
+def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype, bias=None):
     """Gradient contributions of one (query chunk, key chunk) block.
 
     The exact softmax weights are p = exp(s - lse) = w * r, with w the block's own softmax
@@ -129,11 +133,12 @@ def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
 
     dK and dV are returned transposed, (..., d, c): dO^T W and q^T dS run faster than
     W^T dO and dS^T q (benchmarks/RESULTS.md, target 2); the caller transposes the sums
-    once per key chunk.
+    once per key chunk. The fourth result is dS (in `acc_dtype`), the block's bias gradient
+    before its broadcast axes are summed.
     """
     dtype = query.dtype
     fold = dtype == acc_dtype  # half precision: the offset is applied in float32
-    weights = _block_weights(query, key, keep, acc_dtype)
+    weights = _block_weights(query, key, keep, acc_dtype, bias)
     if fold:
         d_out = with_column(d_out, -delta)
     d_out = d_out * tf.cast(ratio, dtype)
@@ -141,26 +146,29 @@ def _chunk_gradients(query, key, value, d_out, delta, ratio, keep, acc_dtype):
     d_shifted = tf.cast(tf.matmul(d_out, value, transpose_b=True), acc_dtype)
     if not fold:
         d_shifted = d_shifted - delta * ratio
-    d_scores = tf.cast(weights * d_shifted, dtype)
+    d_scores_acc = weights * d_shifted
+    d_scores = tf.cast(d_scores_acc, dtype)
     d_query = tf.cast(tf.matmul(d_scores, key), acc_dtype)
     d_key_t = tf.cast(tf.matmul(query, d_scores, transpose_a=True), acc_dtype)
-    return d_query, d_key_t, d_value_t
+    return d_query, d_key_t, d_value_t, d_scores_acc
 
 
-def _chunk_gradients_exp(query, key, key_column, value, d_out, lse, keep):
+def _chunk_gradients_exp(query, key, key_column, value, d_out, lse, keep, bias=None):
     """`_chunk_gradients` with the exact weights p = exp(s - lse) from one exp, where the
     CPU softmax is TensorFlow's generic kernel: [q, -lse] [k, 1]^T puts the shift in the
     score matmul (`key_column` is [k, 1]). `value` is [V, 1] and `d_out` [dO, -delta], as
     there; lse is the query's log-sum-exp over all keys, so p <= 1. dK and dV are returned
-    transposed."""
+    transposed, and dS fourth."""
     scores = tf.matmul(with_column(query, -lse), key_column, transpose_b=True)
+    if bias is not None:
+        scores = scores + bias
     if keep is not None:
         scores = tf.where(keep, scores, mask_value(scores.dtype))
     weights = tf.exp(scores)
     d_value_t = tf.matmul(d_out, weights, transpose_a=True)
     d_scores = weights * tf.matmul(d_out, value, transpose_b=True)
     return (tf.matmul(d_scores, key), tf.matmul(query, d_scores, transpose_a=True),
-            d_value_t)
+            d_value_t, d_scores)
 
 
 @tf.custom_gradient
@@ -203,7 +211,8 @@ def _merged_key_chunks(plan, q_i, q_index, read_key, read_value, value_depth, ac
 
     def key_step(k_index, out, lse, block_lses):
         block_out, block_lse = _block_attention(q_i, read_key(k_index), read_value(k_index),
-                                                plan.keep(q_index, k_index), acc_dtype)
+                                                plan.keep(q_index, k_index), acc_dtype,
+                                                plan.bias_block(q_index, k_index))
         out, lse = _merge(out, lse, block_out, block_lse)
         return k_index + 1, out, lse, block_lses.write(k_index, block_lse)
 
@@ -227,12 +236,14 @@ def _shifted_key_chunks(plan, q_i, q_index, first_key, key_columns, value_column
     query's score against key 0, summed block by block with no rescaling, normalized once
     at the end. `key_columns` and `value_columns` hold the [k, 1] and [v, 1] chunks."""
     first = tf.matmul(q_i, first_key, transpose_b=True)
+    if plan.bias is not None:
+        first = first + plan.bias_block(q_index, 0)[..., :1]
     query_column = with_column(q_i, -first)
 
     def key_step(k_index, total):
         return k_index + 1, total + _shifted_block(
             query_column, key_columns.read(k_index), value_columns.read(k_index),
-            plan.keep(q_index, k_index))
+            plan.keep(q_index, k_index), plan.bias_block(q_index, k_index))
 
     depth = value_columns.element_shape[-1]  # static where v's depth is
     column_depth = [depth] if depth is not None else tf.shape(value_columns.read(0))[-1:]
@@ -304,10 +315,12 @@ def _over_query_chunks(plan, q, chunk_scale, attend_query_chunk, acc_dtype):
 
 # ------------------------------------------------------------------ backward
 def _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp, acc_dtype):
-    """dQ, dK, dV: key chunks outer (dK, dV accumulate per chunk), queries inner.
+    """dQ, dK, dV (and the bias's gradient when the plan has a bias): key chunks outer
+    (dK, dV accumulate per chunk), queries inner.
 
     `saved` is what the forward pass kept: the block ratios, or each query's lse with
-    `via_exp`.
+    `via_exp`. Each block's bias gradient is its dS summed over the axes along which the
+    bias broadcasts, so a (B, 1, 1, S) bias costs O(S) per block, never (T, S).
     """
     dtype = q.dtype
     d_out = tf.cast(d_out, dtype)
@@ -321,13 +334,18 @@ def _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp, acc_dtype)
     def block_gradients(q_index, k_index, k_j, k_column, v_j):
         keep = plan.keep(q_index, k_index)
         q_i, d_out_i, delta_i = (chunk(x, q_index, plan.q_chunk) for x in (q, d_out, delta))
+        bias = plan.bias_block(q_index, k_index)
         if via_exp:
-            return _chunk_gradients_exp(q_i, k_j, k_column, v_j, with_column(d_out_i, -delta_i),
-                                        saved[q_index], keep)
-        return _chunk_gradients(q_i, k_j, v_j, d_out_i, delta_i, saved[q_index, k_index],
-                                keep, acc_dtype)
+            grads = _chunk_gradients_exp(q_i, k_j, k_column, v_j,
+                                         with_column(d_out_i, -delta_i), saved[q_index], keep,
+                                         bias)
+        else:
+            grads = _chunk_gradients(q_i, k_j, v_j, d_out_i, delta_i, saved[q_index, k_index],
+                                     keep, acc_dtype, bias)
+        d_bias = () if bias is None else (reduce_to_shape_of(grads[3], bias),)
+        return grads[:3] + d_bias
 
-    def key_step(k_index, d_query, d_keys, d_values):
+    def key_step(k_index, d_query, d_keys, d_values, *d_bias_blocks):
         # The scale rides on the key chunk: s = q (c k)^T, dQ = dS (c k), dK = c dS^T q.
         k_j = chunk(k, k_index, plan.k_chunk)
         if chunk_scale is not None:
@@ -337,14 +355,17 @@ def _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp, acc_dtype)
             v_j = with_ones_column(v_j)
         k_column = with_ones_column(k_j) if via_exp else None
 
-        def query_step(q_index, d_query, d_key_t, d_value_t):
-            dq, dk_t, dv_t = block_gradients(q_index, k_index, k_j, k_column, v_j)
+        def query_step(q_index, d_query, d_key_t, d_value_t, *d_bias_blocks):
+            dq, dk_t, dv_t, *d_bias = block_gradients(q_index, k_index, k_j, k_column, v_j)
             d_query = d_query.write(q_index, d_query.read(q_index) + dq)
-            return q_index + 1, d_query, d_key_t + dk_t, d_value_t + dv_t
+            d_bias_blocks = tuple(blocks.write(q_index * plan.num_k + k_index, d_b)
+                                  for blocks, d_b in zip(d_bias_blocks, d_bias))
+            return (q_index + 1, d_query, d_key_t + dk_t, d_value_t + dv_t) + d_bias_blocks
 
         init = (plan.first_query_chunk(k_index), d_query,
-                transposed_zeros(k_j, acc_dtype), transposed_zeros(v_j, acc_dtype))
-        _, d_query, d_key_t, d_value_t = tf.while_loop(
+                transposed_zeros(k_j, acc_dtype), transposed_zeros(v_j, acc_dtype)) + \
+            d_bias_blocks
+        _, d_query, d_key_t, d_value_t, *d_bias_blocks = tf.while_loop(
             lambda q_index, *_: q_index < plan.num_q, query_step, init, parallel_iterations=1)
         if chunk_scale is not None:
             d_key_t = d_key_t * chunk_scale
@@ -353,16 +374,37 @@ def _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp, acc_dtype)
         d_key = tf.linalg.matrix_transpose(d_key_t)
         d_value = tf.linalg.matrix_transpose(d_value_t)
         return (k_index + 1, d_query, d_keys.write(k_index, tf.cast(d_key, dtype)),
-                d_values.write(k_index, tf.cast(d_value, dtype)))
+                d_values.write(k_index, tf.cast(d_value, dtype))) + tuple(d_bias_blocks)
 
-    # Query chunks that no key chunk reaches (causal) keep a zero gradient.
+    # Query chunks (and blocks) that no key chunk reaches (causal) keep a zero gradient.
     d_query = chunk_array(plan.num_q, acc_dtype,
                           fill=tf.zeros_like(chunk(q, 0, plan.q_chunk), acc_dtype))
-    init = (0, d_query, chunk_array(plan.num_k, dtype), chunk_array(plan.num_k, dtype))
-    _, d_query, d_keys, d_values = tf.while_loop(
+    d_bias_blocks = () if plan.bias is None else (chunk_array(
+        plan.num_q * plan.num_k, acc_dtype, fill=tf.zeros_like(plan.bias_block(0, 0))),)
+    init = (0, d_query, chunk_array(plan.num_k, dtype), chunk_array(plan.num_k, dtype)) + \
+        d_bias_blocks
+    _, d_query, d_keys, d_values, *d_bias_blocks = tf.while_loop(
         lambda k_index, *_: k_index < plan.num_k, key_step, init, parallel_iterations=1)
-    return (tf.cast(sequence(d_query, plan.num_q, plan.t), dtype),
-            sequence(d_keys, plan.num_k, plan.s), sequence(d_values, plan.num_k, plan.s))
+    grads = (tf.cast(sequence(d_query, plan.num_q, plan.t), dtype),
+             sequence(d_keys, plan.num_k, plan.s), sequence(d_values, plan.num_k, plan.s))
+    return grads + tuple(_bias_gradient(plan, blocks) for blocks in d_bias_blocks)
+
+
+def _bias_gradient(plan, blocks):
+    """The bias's gradient from its (num_q * num_k) block gradients: the blocks laid out as
+    the (query chunk, key chunk) grid, cut to (T, S), summed over the bias's broadcast
+    axes (a block of a (B, 1, 1, S) bias has one row, so its grid has num_q rows)."""
+    stacked = blocks.stack()  # (nq * nk, ..., rows, cols)
+    rank = stacked.shape.rank
+    shape = tf.shape(stacked)
+    grid = tf.reshape(stacked, tf.concat([[plan.num_q, plan.num_k], shape[1:]], 0))
+    lead = list(range(2, rank - 1))
+    grid = tf.transpose(grid, lead + [0, rank - 1, 1, rank])  # (..., nq, rows, nk, cols)
+    shape = tf.shape(grid)
+    grid = tf.reshape(grid, tf.concat([shape[:-4], [shape[-4] * shape[-3],
+                                                    shape[-2] * shape[-1]]], 0))
+    grid = grid[..., :plan.t, :plan.s]
+    return reduce_to_shape_of(grid, plan.bias)
 
 
 # ------------------------------------------------------------------ the op
@@ -376,8 +418,9 @@ def _split_scale(query, scale):
     return query * tf.cast(scale, query.dtype), None
 
 
-def _check_inputs(query, key, value, mask):
-    """The inputs as tensors of known rank, and the mask aligned to the scores' rank."""
+def _check_inputs(query, key, value, mask, bias):
+    """The inputs as tensors of known rank, the mask and the bias aligned to the scores'
+    rank (the bias in the dtype the scores are summed in)."""
     query, key, value = check_query_key_value(query, key, value)
     if query.shape.rank is None or key.shape.rank is None or value.shape.rank is None:
         raise ValueError("chunked_attention needs inputs of known rank, got query %s, key %s, "
@@ -387,15 +430,22 @@ def _check_inputs(query, key, value, mask):
         if mask.shape.rank is None:
             raise ValueError("chunked_attention needs a mask of known rank, got %s"
                              % shape_str(mask))
-    return query, key, value, mask
+    if bias is not None:
+        bias = align_bias(bias, query.shape[:-1].concatenate(key.shape[-2:-1]),
+                          softmax_dtype(query.dtype))
+        if bias.shape.rank is None:
+            raise ValueError("chunked_attention needs a bias of known rank, got %s"
+                             % shape_str(bias))
+    return query, key, value, mask, bias
 
 
 # Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
 @tf.autograph.experimental.do_not_convert
 def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
                       query_chunk_size=512, key_chunk_size=512, causal_offset=None,
-                      normalization="softmax"):
-    """Exact softmax(q k^T * scale, masked) v in O(L * chunk) memory, forward and backward.
+                      normalization="softmax", bias=None):
+    """Exact softmax(q k^T * scale + bias, masked) v in O(L * chunk) memory, forward and
+    backward.
 
     (Plus one scalar per query and key chunk, kept for the backward pass: B * H * T * S /
     key_chunk_size floats; one per query with the exp normalization.)
@@ -422,6 +472,9 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
             so the last query sees the last key (as in `scaled_dot_product_attention`).
         normalization: "softmax" (each block's `tf.nn.softmax`, merged by mass) or "exp"
             (exp and row sums, see the module docstring; half precision keeps "softmax").
+        bias: optional floating tensor added to the scaled scores, broadcastable to
+            (..., T, S) (`score_bias`). Sliced per block like the mask: a (B, 1, 1, S) or
+            (1, H, T, S) bias is never expanded. It gets a gradient.
 
     Returns:
         (..., T, dv) with the dtype of `query`. Query rows with no visible key are zero.
@@ -433,10 +486,10 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         ...                   key_chunk_size=16).shape
         TensorShape([2, 4, 100, 8])
     """
-    query, key, value, mask = _check_inputs(query, key, value, mask)
+    query, key, value, mask, bias = _check_inputs(query, key, value, mask, bias)
     plan = ChunkPlan(query, key, mask, causal, causal_offset,
                      check_positive_int("query_chunk_size", query_chunk_size),
-                     check_positive_int("key_chunk_size", key_chunk_size))
+                     check_positive_int("key_chunk_size", key_chunk_size), bias)
     acc_dtype = softmax_dtype(query.dtype)
     normalization = check_choice("normalization", normalization, NORMALIZATIONS)
     via_exp = normalization == "exp" and query.dtype == acc_dtype
@@ -444,20 +497,21 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
     forward = _forward_exp if via_exp else _forward
 
     @tf.custom_gradient
-    def attend(q, k, v):
+    def attend(q, k, v, *with_bias):
         # The tape must not record the forward loops (eagerly, it would keep every block).
         q, k, v = (tf.stop_gradient(x) for x in (q, k, v))
         out, saved = forward(plan, q, k, v, chunk_scale, acc_dtype)
 
         def grad(d_out):
-            d_q, d_k, d_v = _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp,
-                                      acc_dtype)
-            for gradient, x in ((d_q, q), (d_k, k), (d_v, v)):
+            grads = _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp,
+                              acc_dtype)
+            for gradient, x in zip(grads, (q, k, v) + with_bias):
                 gradient.set_shape(x.shape)
-            return _first_order_only(d_q, d_k, d_v)
+            return _first_order_only(*grads)
 
         return out, grad
 
-    out = attend(query, key, value)
+    # The plan reads the bias block by block; passing it in too gives it its gradient.
+    out = attend(query, key, value, *([] if bias is None else [bias]))
     out.set_shape(query.shape[:-1].concatenate(value.shape[-1:]))
     return out

@@ -17,6 +17,7 @@ from attnlab.ops.scaled_dot_product import (
     scale_query,
     scaled_dot_product_attention,
 )
+from attnlab.ops.score_bias import align_bias, reduce_to_shape_of
 from attnlab.validation import check_choice, check_query_key_value
 
 NORMALIZATIONS = ("softmax", "exp")
@@ -30,8 +31,8 @@ EXP_ROW_SUM_LIMIT = 2.0 ** 100
 # Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
 @tf.autograph.experimental.do_not_convert
 def full_attention(query, key, value, mask=None, causal=False, scale=None, causal_offset=None,
-                   normalization="softmax"):
-    """softmax(q k^T * scale, masked) v with a cheaper gradient than autodiff's.
+                   normalization="softmax", bias=None):
+    """softmax(q k^T * scale + bias, masked) v with a cheaper gradient than autodiff's.
 
     Args:
         query, key, value, mask, causal, scale: as in `scaled_dot_product_attention`.
@@ -39,6 +40,8 @@ def full_attention(query, key, value, mask=None, causal=False, scale=None, causa
         normalization: "softmax" or "exp" (see the module docstring). "exp" normalizes
             through softmax all the same when a row's exp sum does not fit (key 0 hidden
             or far below another key).
+        bias: optional floating tensor added to the scaled scores, broadcastable to
+            (..., T, S) (`score_bias`); it gets a gradient.
 
     Returns:
         (..., T, dv), the values of `scaled_dot_product_attention`. Half-precision inputs
@@ -53,12 +56,20 @@ def full_attention(query, key, value, mask=None, causal=False, scale=None, causa
     mask = resolve_mask(mask, causal, scores_shape, tf.shape(query)[-2], tf.shape(key)[-2],
                         causal_offset)
     if softmax_dtype(query.dtype) != query.dtype or scores_shape.rank is None:
-        return scaled_dot_product_attention(query, key, value, mask=mask, scale=1.0)
-    return _attend(query, key, value, mask, via_exp=normalization == "exp")
+        return scaled_dot_product_attention(query, key, value, mask=mask, scale=1.0,
+                                            bias=bias)
+    if bias is not None:
+        bias = align_bias(bias, scores_shape, query.dtype)
+    return _attend(query, key, value, mask, bias, via_exp=normalization == "exp")
 
 
-def _attend(query, key, value, mask, via_exp):
-    """softmax(q k^T, masked) v for scaled queries, with a gradient that keeps only the
+def _scores(q, k, bias):
+    scores = tf.matmul(q, k, transpose_b=True)
+    return scores if bias is None else scores + bias
+
+
+def _attend(query, key, value, mask, bias, via_exp):
+    """softmax(q k^T + bias, masked) v for scaled queries, with a gradient that keeps only the
     weights and the output (besides the inputs) and makes as few passes over (..., T, S)
     tensors as it can: one matmul writing dW, one product W * dW, three matmuls reading.
 
@@ -72,15 +83,17 @@ def _attend(query, key, value, mask, via_exp):
     With `via_exp` the weights are kept unnormalized, W = E / rowsum(E) (`_exp_weights`),
     and the 1 / rowsum factor is applied to the (..., T, dv) output and upstream gradient
     instead of the (..., T, S) weights: W^T dO = E^T (dO / sum) and
-    dS = E * ([dO / sum, -r / sum] [v, 1]^T).
+    dS = E * ([dO / sum, -r / sum] [v, 1]^T). The bias's gradient is dS, summed over the
+    axes it was broadcast along.
     """
     @tf.custom_gradient
-    def attend(q, k, v):
+    def attend(q, k, v, *with_bias):
+        b = with_bias[0] if with_bias else None
         if via_exp:
-            weights, norm = _exp_weights(q, k, mask)
+            weights, norm = _exp_weights(q, k, mask, b)
             output = tf.matmul(weights, v) * norm
         else:
-            weights, norm = masked_softmax(tf.matmul(q, k, transpose_b=True), mask), None
+            weights, norm = masked_softmax(_scores(q, k, b), mask), None
             output = tf.matmul(weights, v)
 
         def grad(d_output):
@@ -94,17 +107,18 @@ def _attend(query, key, value, mask, via_exp):
             d_scores = weights * d_weights
             d_query = tf.matmul(d_scores, k)
             d_key = tf.matmul(d_scores, q, transpose_a=True)
-            return _unbroadcast(d_query, q), _unbroadcast(d_key, k), _unbroadcast(d_value, v)
+            grads = [_unbroadcast(d_query, q), _unbroadcast(d_key, k), _unbroadcast(d_value, v)]
+            return grads + [reduce_to_shape_of(d_scores, b) for b in with_bias]
 
         return output, grad
 
-    return attend(query, key, value)
+    return attend(query, key, value, *([] if bias is None else [bias]))
 
 
-def key0_shifted_exp(q, k, mask):
-    """exp(q k^T - s0), zero where `mask` hides a key, with s0 (..., T, 1) each query's
-    score against key 0; returns it, s0, its row sums and whether each row sum lies in
-    [1, EXP_ROW_SUM_LIMIT] (bool, (..., T, 1)).
+def key0_shifted_exp(q, k, mask, bias=None):
+    """exp(q k^T + bias - s0), zero where `mask` hides a key, with s0 (..., T, 1) each
+    query's score against key 0 (its bias included); returns it, s0, its row sums and
+    whether each row sum lies in [1, EXP_ROW_SUM_LIMIT] (bool, (..., T, 1)).
 
     Softmax is invariant to a per-row shift, and shifting by key 0's score instead of the
     row maximum needs no pass over the (T, S) scores: the shift rides in the q k^T matmul
@@ -114,13 +128,15 @@ def key0_shifted_exp(q, k, mask):
     the caller then normalizes through the row maxima instead.
     """
     first = tf.matmul(q, k[..., :1, :], transpose_b=True)  # (..., T, 1)
+    if bias is not None:
+        first = first + bias[..., :1]
     rows = q
     if not (q.shape[:-2].is_fully_defined() and q.shape[:-2] == k.shape[:-2]):
         # Unknown batch dimensions may broadcast: the concat needs q at first's shape.
         rows = tf.broadcast_to(q, tf.concat([tf.shape(first)[:-1], tf.shape(q)[-1:]], 0))
-    weights = tf.exp(tf.matmul(tf.concat([rows, -first], axis=-1),
-                               tf.concat([k, tf.ones_like(k[..., :1])], axis=-1),
-                               transpose_b=True))
+    shifted = tf.matmul(tf.concat([rows, -first], axis=-1),
+                        tf.concat([k, tf.ones_like(k[..., :1])], axis=-1), transpose_b=True)
+    weights = tf.exp(shifted if bias is None else shifted + bias)
     if mask is not None:
         weights = tf.where(mask, weights, tf.zeros([], weights.dtype))
     total = tf.reduce_sum(weights, axis=-1, keepdims=True)
@@ -128,14 +144,14 @@ def key0_shifted_exp(q, k, mask):
     return weights, first, total, fits
 
 
-def _exp_weights(q, k, mask):
+def _exp_weights(q, k, mask, bias=None):
     """E = exp(q k^T - s0) (`key0_shifted_exp`) and 1 / rowsum(E): the softmax weights are
     E * (1 / rowsum(E)). Where a row sum is out of range every row takes `masked_softmax`
     instead (a `tf.cond`), with a factor of 1."""
-    weights, _, total, fits = key0_shifted_exp(q, k, mask)
+    weights, _, total, fits = key0_shifted_exp(q, k, mask, bias)
     # The fallback recomputes the scores rather than keep them: exp overwrites them.
     return tf.cond(tf.reduce_all(fits), lambda: (weights, 1.0 / total),
-                   lambda: (masked_softmax(tf.matmul(q, k, transpose_b=True), mask),
+                   lambda: (masked_softmax(_scores(q, k, bias), mask),
                             tf.ones_like(total)))
 
 

@@ -3,12 +3,15 @@
 A kernel computes softmax(q k^T, masked) v on (B, H, L, d) tensors whose queries are
 already scaled:
 
-    kernel(query, key, value, mask=None, causal=False, offset=None) -> (B, H, T, dv)
+    kernel(query, key, value, mask=None, causal=False, offset=None, bias=None)
+        -> (B, H, T, dv)
 
 `mask` is a bool mask broadcastable to (B, H, T, S) (True = may attend); `causal` hides
 the keys after each query, key j being visible from query i when j <= i + offset
-(default offset S - T: the last query sees the last key). All of them give the output of
-`scaled_dot_product_attention`, the plain reference; they differ in speed and memory:
+(default offset S - T: the last query sees the last key); `bias` is a floating tensor
+added to the scores, broadcastable like the mask (`score_bias`), with a gradient. All of
+them give the output of `scaled_dot_product_attention`, the plain reference; they differ in
+speed and memory:
 
 - "full": the (T, S) weights in memory, normalized by `tf.nn.softmax`, and a gradient of
   its own (`full.full_attention`);
@@ -134,21 +137,23 @@ def _normalization(name):
     return "exp" if name.endswith("_exp") else "softmax"
 
 
-def _full(query, key, value, mask=None, causal=False, offset=None, normalization="softmax"):
+def _full(query, key, value, mask=None, causal=False, offset=None, bias=None,
+          normalization="softmax"):
     lengths = (query.shape[-2], key.shape[-2])
     if None not in lengths and lengths[0] * lengths[1] < EXP_MIN_SCORES:
         normalization = "softmax"
     return full_attention(query, key, value, mask=mask, causal=causal, scale=1.0,
-                          causal_offset=offset, normalization=normalization)
+                          causal_offset=offset, normalization=normalization, bias=bias)
 
 
-def _chunked(query, key, value, mask=None, causal=False, offset=None, normalization="softmax",
-             **sizes):
+def _chunked(query, key, value, mask=None, causal=False, offset=None, bias=None,
+             normalization="softmax", **sizes):
     return chunked_attention(query, key, value, mask=mask, causal=causal, scale=1.0,
-                             causal_offset=offset, normalization=normalization, **sizes)
+                             causal_offset=offset, normalization=normalization, bias=bias,
+                             **sizes)
 
 
-def _local(query, key, value, mask=None, causal=False, offset=None, window=None):
+def _local(query, key, value, mask=None, causal=False, offset=None, bias=None, window=None):
     # One sequence attending to itself: the causal band is aligned at 0 (= S - T).
     static_offset = 0 if offset is None else tf.get_static_value(offset)
     if static_offset is None:
@@ -159,4 +164,5 @@ def _local(query, key, value, mask=None, causal=False, offset=None, window=None)
     elif static_offset != 0:
         raise ValueError("the 'local' kernel is self-attention over one sequence: its causal "
                          "offset is 0, got offset=%r" % (static_offset,))
-    return local_attention(query, key, value, window, causal=causal, mask=mask, scale=1.0)
+    return local_attention(query, key, value, window, causal=causal, mask=mask, scale=1.0,
+                           bias=bias)

@@ -12,6 +12,7 @@ import tensorflow as tf
 from attnlab.ops.masked_softmax import masked_softmax
 from attnlab.ops.masks import align_mask
 from attnlab.ops.scaled_dot_product import resolve_scale, scale_query
+from attnlab.ops.score_bias import align_bias
 from attnlab.ops.shapes import static_or_dynamic_length
 from attnlab.validation import check_positive_int, check_query_key_value, shape_str
 
@@ -65,24 +66,33 @@ def _blocked_band(block, num_blocks, length, window, causal, context):
     return band[tf.newaxis] & valid[:, tf.newaxis, :]
 
 
+def _broadcast_to_length(x, shape):
+    """`x` broadcast against ones of `shape` (an axis of unknown size 1 gets its length)."""
+    if x.dtype == tf.bool:
+        return tf.logical_and(x, tf.ones(shape, tf.bool))
+    return x + tf.zeros(shape, x.dtype)
+
+
 def _blocked_mask(mask, length, num_blocks, block, padded, causal, context, rank):
-    """A mask (..., 1 or L, 1 or L) cut into the blocked layout (..., n, 1 or b, c * b)."""
+    """A mask or a score bias (..., 1 or L, 1 or L) cut into the blocked layout
+    (..., n, 1 or b, c * b)."""
     # Give the key axis its full length (a no-op for key masks), then pad it.
-    mask = tf.logical_and(mask, tf.ones([1, length], tf.bool))
+    mask = _broadcast_to_length(mask, [1, length])
     mask = _pad_axis(mask, -1, 0, padded - length, rank)
     if mask.shape[-2] == 1:
-        # Key padding mask: gather the neighbour blocks exactly like the keys.
-        keys = _to_blocks(tf.cast(mask[..., 0, :, tf.newaxis], tf.int8), num_blocks, block,
-                          rank)
-        keys = _with_neighbours(keys, causal, rank + 1)
+        # Key padding mask (or per-key bias): gather the neighbour blocks like the keys.
+        keys = mask[..., 0, :, tf.newaxis]
+        if mask.dtype == tf.bool:
+            keys = tf.cast(keys, tf.int8)
+        keys = _with_neighbours(_to_blocks(keys, num_blocks, block, rank), causal, rank + 1)
         shape = tf.shape(keys)
         keys = tf.reshape(keys, tf.concat([shape[:-2], [1, shape[-2]]], axis=0))
-        return tf.cast(keys, tf.bool)
+        return tf.cast(keys, mask.dtype)
     # Full (T, S) mask: take the (b, c * b) diagonal band of blocks. With the columns padded
     # by one block on each side (width W), block n needs columns [n b, n b + c b): flattening
     # each row-in-block across the blocks and re-cutting rows of width W + b shifts row n by
     # n b, which lines the wanted columns up at the start.
-    mask = tf.logical_and(mask, tf.ones([length, 1], tf.bool))  # rows of unknown size 1
+    mask = _broadcast_to_length(mask, [length, 1])  # rows of unknown size 1
     mask = _pad_axis(mask, -2, 0, padded - length, rank)
     mask = _pad_axis(mask, -1, block, block, rank)
     width = padded + 2 * block
@@ -98,8 +108,9 @@ def _blocked_mask(mask, length, num_blocks, block, padded, causal, context, rank
     return tf.transpose(mask, swap)  # (..., n, b, c * b)
 
 
-def _check_inputs(query, key, value, mask):
-    """The inputs as tensors of known rank, and the mask aligned to the scores' rank."""
+def _check_inputs(query, key, value, mask, bias):
+    """The inputs as tensors of known rank, the mask and the bias aligned to the scores'
+    rank."""
     query, key, value = check_query_key_value(query, key, value)
     if query.shape.rank is None or key.shape.rank is None or value.shape.rank is None:
         raise ValueError("local_attention needs inputs of known rank, got query %s, key %s, "
@@ -109,7 +120,12 @@ def _check_inputs(query, key, value, mask):
         if mask.shape.rank is None:
             raise ValueError("local_attention needs a mask of known rank, got %s"
                              % shape_str(mask))
-    return query, key, value, mask
+    if bias is not None:
+        bias = align_bias(bias, query.shape[:-1].concatenate(key.shape[-2:-1]), query.dtype)
+        if bias.shape.rank is None:
+            raise ValueError("local_attention needs a bias of known rank, got %s"
+                             % shape_str(bias))
+    return query, key, value, mask, bias
 
 
 def _with_equal_lengths(query, key):
@@ -134,7 +150,8 @@ def _with_equal_lengths(query, key):
 
 # Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
 @tf.autograph.experimental.do_not_convert
-def local_attention(query, key, value, window, causal=False, mask=None, scale=None):
+def local_attention(query, key, value, window, causal=False, mask=None, scale=None,
+                    bias=None):
     """Self-attention where query i sees only keys j with |i - j| <= window.
 
     Equal to `scaled_dot_product_attention` with `band_mask(L, L, window, causal)` (and
@@ -153,6 +170,9 @@ def local_attention(query, key, value, window, causal=False, mask=None, scale=No
             A rank-3 mask gets a head axis for rank-4 inputs, as in
             `scaled_dot_product_attention`.
         scale: multiplier of the scores; default 1/sqrt(d).
+        bias: optional floating tensor added to the scaled scores (`score_bias`), shaped
+            like the masks above: a per-key (..., 1, L) bias costs O(L), a full one has its
+            band cut out. It gets a gradient.
 
     Returns:
         (..., L, dv) with the dtype of `query`; rows with no visible key are zero.
@@ -162,7 +182,7 @@ def local_attention(query, key, value, window, causal=False, mask=None, scale=No
         >>> local_attention(x, x, x, window=8, causal=True).shape
         TensorShape([2, 100, 16])
     """
-    query, key, value, mask = _check_inputs(query, key, value, mask)
+    query, key, value, mask, bias = _check_inputs(query, key, value, mask, bias)
     window = _check_window(window)
     query, length = _with_equal_lengths(query, key)
     query = scale_query(query, resolve_scale(scale, query))
@@ -180,6 +200,9 @@ def local_attention(query, key, value, window, causal=False, mask=None, scale=No
     k_context = _with_neighbours(blocks(key), causal, rank + 1)          # (..., n, c b, d)
     v_context = _with_neighbours(blocks(value), causal, rank + 1)        # (..., n, c b, dv)
     scores = tf.matmul(q_blocks, k_context, transpose_b=True)            # (..., n, b, c b)
+    if bias is not None:
+        scores = scores + _blocked_mask(bias, length, num_blocks, block, padded, causal,
+                                        context, rank)
 
     keep = _blocked_band(block, num_blocks, length, window, causal, context)
     if mask is not None:

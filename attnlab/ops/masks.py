@@ -125,23 +125,28 @@ def align_mask(mask, scores_shape):
     Returns:
         bool mask with rank(scores) dimensions.
     """
-    mask = as_bool_mask(mask)
+    return align_to_scores(as_bool_mask(mask), scores_shape, "attention mask")
+
+
+def align_to_scores(x, scores_shape, what):
+    """`x` (a mask or a score bias) with the rank of the scores, as `align_mask` describes;
+    a ValueError names `what` and both shapes when it cannot broadcast to them."""
     rank = scores_shape.rank
-    if mask.shape.rank is None or rank is None:
-        return mask
-    if mask.shape.rank == 2 and rank > 2:
+    if x.shape.rank is None or rank is None:
+        return x
+    if x.shape.rank == 2 and rank > 2:
         for _ in range(rank - 2):
-            mask = mask[tf.newaxis]
-    elif mask.shape.rank == rank - 1 and rank == 4:
-        mask = mask[:, tf.newaxis]
-    if mask.shape.rank != rank:
+            x = x[tf.newaxis]
+    elif x.shape.rank == rank - 1 and rank == 4:
+        x = x[:, tf.newaxis]
+    if x.shape.rank != rank:
         raise ValueError(
-            "attention mask of shape %s cannot be used with scores of shape %s: expected "
+            "%s of shape %s cannot be used with scores of shape %s: expected "
             "(T, S), (B, T, S) or (B, H, T, S)-like shapes that broadcast"
-            % (shape_str(mask), str(tuple(scores_shape.as_list()))))
-    for m, s in zip(mask.shape.as_list(), scores_shape.as_list()):
+            % (what, shape_str(x), str(tuple(scores_shape.as_list()))))
+    for m, s in zip(x.shape.as_list(), scores_shape.as_list()):
         if m is not None and s is not None and m not in (1, s):
             raise ValueError(
-                "attention mask of shape %s does not broadcast to scores of shape %s"
-                % (shape_str(mask), str(tuple(scores_shape.as_list()))))
-    return mask
+                "%s of shape %s does not broadcast to scores of shape %s"
+                % (what, shape_str(x), str(tuple(scores_shape.as_list()))))
+    return x

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from attnlab.ops.masked_softmax import masked_softmax
 from attnlab.ops.masks import align_mask, causal_mask, combine_masks
+from attnlab.ops.score_bias import align_bias
 from attnlab.validation import check_query_key_value, check_rate, shape_str
 
 
@@ -72,8 +73,8 @@ def _dropout(weights, rate, training, seed):
 @tf.autograph.experimental.do_not_convert
 def scaled_dot_product_attention(query, key, value, mask=None, causal=False, scale=None,
                                  dropout_rate=0.0, training=False, return_weights=False,
-                                 seed=None):
-    """softmax(q k^T * scale, masked) v, written plainly: the reference of every kernel.
+                                 seed=None, bias=None):
+    """softmax(q k^T * scale + bias, masked) v, written plainly: the reference of every kernel.
 
     The kernels in `attnlab.ops.kernels` compute the same output faster or in less memory
     (a gradient of their own, exp normalization, chunks, a band); this function is what they
@@ -92,6 +93,8 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
             `tf.function` argument, Keras' learning phase) decided when the graph runs.
         return_weights: also return the (pre-dropout) attention weights.
         seed: optional seed for the dropout.
+        bias: optional floating tensor added to the scaled scores, broadcastable to
+            (..., T, S) like a mask (`score_bias`); it gets a gradient.
 
     Returns:
         (..., T, dv) output, and (..., T, S) weights when `return_weights`.
@@ -107,6 +110,8 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
     training = static_training(training)
     query = scale_query(query, resolve_scale(scale, query))
     scores = tf.matmul(query, key, transpose_b=True)
+    if bias is not None:
+        scores = scores + align_bias(bias, scores.shape, scores.dtype)
     mask = resolve_mask(mask, causal, scores.shape, tf.shape(query)[-2], tf.shape(key)[-2])
     weights = masked_softmax(scores, mask)
     output = tf.matmul(_dropout(weights, dropout_rate, training, seed), value)

@@ -477,3 +477,81 @@ def test_attention_gradients_in_tf_function_with_unknown_batch_and_length():
     np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=ATOL)
     for got, want in zip(grads, expected_grads):
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=ATOL)
+
+
+def _numpy_mha_with_bias(layer, x, bias):
+    """Independent float64 MultiHeadAttention self-attention with an additive score bias,
+    from the layer's projection weights."""
+    w = {v.name.split("/")[-2] + "/" + v.name.split("/")[-1].split(":")[0]: v.numpy()
+         .astype(np.float64) for v in layer.weights}
+    q = np.einsum("btd,dhk->bhtk", x, w["query/kernel"]) + w["query/bias"][None, :, None]
+    k = np.einsum("btd,dhk->bhtk", x, w["key/kernel"]) + w["key/bias"][None, :, None]
+    v = np.einsum("btd,dhk->bhtk", x, w["value/kernel"]) + w["value/bias"][None, :, None]
+    scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1]) + bias
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bhtv,hvd->btd", weights @ v, w["attention_output/kernel"])
+    return out + w["attention_output/bias"], weights
+
+
+@pytest.mark.parametrize("impl, options", [
+    ("full", {}), ("full_exp", {}), ("chunked", {"chunk_size": 2}),
+    ("chunked_exp", {"chunk_size": 2}), ("local", {"window": 5})])
+@pytest.mark.parametrize("bias_shape", [(2, 1, 1, 5), (1, 2, 5, 5), (2, 5, 5)])
+def test_attention_bias_reaches_every_kernel_and_gets_a_gradient(impl, options, bias_shape):
+    rng = np.random.RandomState(21)
+    x = rng.normal(size=(2, 5, 4))
+    layer = MultiHeadAttention(2, 3, attention_impl=impl, dtype="float64", **options)
+    layer(x, x)
+    bias = tf.Variable(rng.normal(size=bias_shape) * 2.0)
+    with tf.GradientTape() as tape:
+        out = layer(x, x, attention_bias=bias)
+        loss = tf.reduce_sum(out ** 2)
+    aligned = bias.numpy()[:, None] if len(bias_shape) == 3 else bias.numpy()
+    want, _ = _numpy_mha_with_bias(layer, x, aligned)
+    # (The float64 layer and NumPy differ by a few 1e-9 without any bias too.)
+    np.testing.assert_allclose(out.numpy(), want, atol=1e-7)
+    grad = tape.gradient(loss, bias)
+    assert grad.shape == bias_shape
+    # The gradient of sum(out^2) by the bias, by central differences of the NumPy reference.
+    flat = bias.numpy().reshape(-1)
+    for index in (0, flat.size // 2, flat.size - 1):
+        shifted = []
+        for step in (1e-6, -1e-6):
+            b = flat.copy()
+            b[index] += step
+            b = b.reshape(bias_shape)
+            out_b, _ = _numpy_mha_with_bias(layer, x, b[:, None] if len(bias_shape) == 3 else b)
+            shifted.append(np.sum(out_b ** 2))
+        np.testing.assert_allclose(grad.numpy().reshape(-1)[index],
+                                   (shifted[0] - shifted[1]) / 2e-6, rtol=1e-5, atol=1e-7)
+
+
+def test_attention_bias_with_scores_dropout_and_cache():
+    rng = np.random.RandomState(22)
+    x = rng.normal(size=(1, 4, 4))
+    layer = MultiHeadAttention(2, 3, dtype="float64")
+    layer(x, x)
+    bias = rng.normal(size=(1, 1, 1, 4))
+    out, scores = layer(x, x, attention_bias=bias, return_attention_scores=True)
+    want_out, want_scores = _numpy_mha_with_bias(layer, x, bias)
+    np.testing.assert_allclose(out.numpy(), want_out, atol=1e-7)
+    np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-7)
+    # A cached decoding step over the whole (empty-padded) cache takes a bias of its length.
+    cache = layer.init_cache(1, 4)
+    step, _ = layer(x[:, :1], x[:, :1], cache=cache, cache_update_index=0,
+                    attention_bias=bias)
+    assert step.shape == (1, 1, 4)
+
+
+def test_attention_bias_is_refused_where_it_cannot_apply():
+    layer = MultiHeadAttention(2, 3, attention_axes=(1, 2))
+    x = tf.zeros([1, 3, 3, 4])
+    with pytest.raises(ValueError, match=r"attention_bias needs \(B, T, D\) inputs"):
+        layer(x, x, attention_bias=tf.zeros([1, 1, 1, 9]))
+    layer = MultiHeadAttention(2, 3)
+    x = tf.zeros([1, 3, 4])
+    with pytest.raises(TypeError, match="attention bias must be a floating-point tensor"):
+        layer(x, x, attention_bias=tf.ones([1, 3, 3], tf.bool))
+    with pytest.raises(ValueError, match="attention bias of shape .* does not broadcast"):
+        layer(x, x, attention_bias=tf.zeros([1, 1, 1, 4]))
