@@ -35,10 +35,10 @@ from attnlab.ops.chunk_plan import (
 )
 from attnlab.ops.full import EXP_ROW_SUM_LIMIT, NORMALIZATIONS
 from attnlab.ops.masked_softmax import mask_value, softmax_dtype
-from attnlab.ops.masks import align_mask
 from attnlab.ops.scaled_dot_product import resolve_scale
-from attnlab.ops.score_bias import align_bias, reduce_to_shape_of
-from attnlab.validation import check_choice, check_positive_int, check_query_key_value, shape_str
+from attnlab.ops.score_bias import reduce_to_shape_of
+from attnlab.ops.shapes import blockwise_inputs
+from attnlab.validation import check_choice, check_positive_int
 
 
 # ------------------------------------------------------------------ one block
@@ -418,27 +418,6 @@ def _split_scale(query, scale):
     return query * tf.cast(scale, query.dtype), None
 
 
-def _check_inputs(query, key, value, mask, bias):
-    """The inputs as tensors of known rank, the mask and the bias aligned to the scores'
-    rank (the bias in the dtype the scores are summed in)."""
-    query, key, value = check_query_key_value(query, key, value)
-    if query.shape.rank is None or key.shape.rank is None or value.shape.rank is None:
-        raise ValueError("chunked_attention needs inputs of known rank, got query %s, key %s, "
-                         "value %s" % (shape_str(query), shape_str(key), shape_str(value)))
-    if mask is not None:
-        mask = align_mask(mask, query.shape[:-1].concatenate(key.shape[-2:-1]))
-        if mask.shape.rank is None:
-            raise ValueError("chunked_attention needs a mask of known rank, got %s"
-                             % shape_str(mask))
-    if bias is not None:
-        bias = align_bias(bias, query.shape[:-1].concatenate(key.shape[-2:-1]),
-                          softmax_dtype(query.dtype))
-        if bias.shape.rank is None:
-            raise ValueError("chunked_attention needs a bias of known rank, got %s"
-                             % shape_str(bias))
-    return query, key, value, mask, bias
-
-
 # Explicit tf control flow only: see attnlab/ops/__init__.py on AutoGraph.
 @tf.autograph.experimental.do_not_convert
 def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
@@ -486,7 +465,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
         ...                   key_chunk_size=16).shape
         TensorShape([2, 4, 100, 8])
     """
-    query, key, value, mask, bias = _check_inputs(query, key, value, mask, bias)
+    query, key, value, mask, bias = blockwise_inputs(
+        "chunked_attention", query, key, value, mask, bias, bias_in_softmax_dtype=True)
     plan = ChunkPlan(query, key, mask, causal, causal_offset,
                      check_positive_int("query_chunk_size", query_chunk_size),
                      check_positive_int("key_chunk_size", key_chunk_size), bias)

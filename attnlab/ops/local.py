@@ -10,11 +10,9 @@ import numbers
 import tensorflow as tf
 
 from attnlab.ops.masked_softmax import masked_softmax
-from attnlab.ops.masks import align_mask
 from attnlab.ops.scaled_dot_product import resolve_scale, scale_query
-from attnlab.ops.score_bias import align_bias
-from attnlab.ops.shapes import static_or_dynamic_length
-from attnlab.validation import check_positive_int, check_query_key_value, shape_str
+from attnlab.ops.shapes import blockwise_inputs, static_or_dynamic_length
+from attnlab.validation import check_positive_int, shape_str
 
 
 def _check_window(window):
@@ -108,26 +106,6 @@ def _blocked_mask(mask, length, num_blocks, block, padded, causal, context, rank
     return tf.transpose(mask, swap)  # (..., n, b, c * b)
 
 
-def _check_inputs(query, key, value, mask, bias):
-    """The inputs as tensors of known rank, the mask and the bias aligned to the scores'
-    rank."""
-    query, key, value = check_query_key_value(query, key, value)
-    if query.shape.rank is None or key.shape.rank is None or value.shape.rank is None:
-        raise ValueError("local_attention needs inputs of known rank, got query %s, key %s, "
-                         "value %s" % (shape_str(query), shape_str(key), shape_str(value)))
-    if mask is not None:
-        mask = align_mask(mask, query.shape[:-1].concatenate(key.shape[-2:-1]))
-        if mask.shape.rank is None:
-            raise ValueError("local_attention needs a mask of known rank, got %s"
-                             % shape_str(mask))
-    if bias is not None:
-        bias = align_bias(bias, query.shape[:-1].concatenate(key.shape[-2:-1]), query.dtype)
-        if bias.shape.rank is None:
-            raise ValueError("local_attention needs a bias of known rank, got %s"
-                             % shape_str(bias))
-    return query, key, value, mask, bias
-
-
 def _with_equal_lengths(query, key):
     """(query, L): the query (behind a run-time check when the lengths are only known then)
     and its length, a Python int where static."""
@@ -182,7 +160,8 @@ def local_attention(query, key, value, window, causal=False, mask=None, scale=No
         >>> local_attention(x, x, x, window=8, causal=True).shape
         TensorShape([2, 100, 16])
     """
-    query, key, value, mask, bias = _check_inputs(query, key, value, mask, bias)
+    query, key, value, mask, bias = blockwise_inputs(
+        "local_attention", query, key, value, mask, bias, bias_in_softmax_dtype=False)
     window = _check_window(window)
     query, length = _with_equal_lengths(query, key)
     query = scale_query(query, resolve_scale(scale, query))
