@@ -57,10 +57,16 @@ def manifests(config_text, workers, image, name, port=23456, runs_claim=None, na
                                          "attnlab/run": name}}
     if namespace:
         metadata["namespace"] = namespace
-    hosts = ",".join("%s-%d.%s:%d" % (name, i, name, port) for i in range(workers))
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
                   "data": {"config.yaml": config_text}}
-    service = {
+    container = _worker_container(name, workers, image, port)
+    return [config_map, _headless_service(metadata, name, port),
+            _indexed_job(metadata, name, workers, container, runs_claim)]
+
+
+def _headless_service(metadata, name, port):
+    """The Service that gives worker I the DNS name NAME-I.NAME."""
+    return {
         "apiVersion": "v1", "kind": "Service", "metadata": metadata,
         "spec": {
             "clusterIP": "None",  # headless: one DNS record per pod, no load balancing
@@ -70,12 +76,12 @@ def manifests(config_text, workers, image, name, port=23456, runs_claim=None, na
             "ports": [{"name": "grpc", "port": port, "targetPort": port}],
         },
     }
-    runs_volume = {"name": "runs"}
-    if runs_claim:
-        runs_volume["persistentVolumeClaim"] = {"claimName": runs_claim}
-    else:
-        runs_volume["emptyDir"] = {}
-    container = {
+
+
+def _worker_container(name, workers, image, port):
+    """The container every worker pod runs: `attnlab launch` with its index from the Job."""
+    hosts = ",".join("%s-%d.%s:%d" % (name, i, name, port) for i in range(workers))
+    return {
         "name": "worker",
         "image": image,
         # The image's entrypoint (tini, then attnlab-entrypoint) runs these arguments.
@@ -89,7 +95,16 @@ def manifests(config_text, workers, image, name, port=23456, runs_claim=None, na
         "securityContext": {"allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
     }
-    job = {
+
+
+def _indexed_job(metadata, name, workers, container, runs_claim):
+    """The Indexed Job of `workers` pods, its runs folder on `runs_claim` or an emptyDir."""
+    runs_volume = {"name": "runs"}
+    if runs_claim:
+        runs_volume["persistentVolumeClaim"] = {"claimName": runs_claim}
+    else:
+        runs_volume["emptyDir"] = {}
+    return {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
         "spec": {
             "completionMode": "Indexed",
@@ -111,7 +126,6 @@ def manifests(config_text, workers, image, name, port=23456, runs_claim=None, na
             },
         },
     }
-    return [config_map, service, job]
 
 
 def render_manifests(config_path, workers, image, name=None, port=23456, runs_claim=None,
