@@ -355,18 +355,28 @@ def _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp, acc_dtype)
             v_j = with_ones_column(v_j)
         k_column = with_ones_column(k_j) if via_exp else None
 
-        def query_step(q_index, d_query, d_key_t, d_value_t, *d_bias_blocks):
-            dq, dk_t, dv_t, *d_bias = block_gradients(q_index, k_index, k_j, k_column, v_j)
+        def query_step(q_index, d_query, d_key_t, d_value_t, *d_bias):
+            dq, dk_t, dv_t, *block_d_bias = block_gradients(q_index, k_index, k_j, k_column,
+                                                            v_j)
             d_query = d_query.write(q_index, d_query.read(q_index) + dq)
-            d_bias_blocks = tuple(blocks.write(q_index * plan.num_k + k_index, d_b)
-                                  for blocks, d_b in zip(d_bias_blocks, d_bias))
-            return (q_index + 1, d_query, d_key_t + dk_t, d_value_t + dv_t) + d_bias_blocks
+            if shared_rows:  # d_bias is this key chunk's running sum
+                d_bias = tuple(total + d_b for total, d_b in zip(d_bias, block_d_bias))
+            else:  # d_bias holds every block
+                d_bias = tuple(blocks.write(q_index * plan.num_k + k_index, d_b)
+                               for blocks, d_b in zip(d_bias, block_d_bias))
+            return (q_index + 1, d_query, d_key_t + dk_t, d_value_t + dv_t) + d_bias
 
+        d_bias = tuple(tf.zeros_like(blocks.read(k_index)) for blocks in d_bias_blocks) \
+            if shared_rows else d_bias_blocks
         init = (plan.first_query_chunk(k_index), d_query,
-                transposed_zeros(k_j, acc_dtype), transposed_zeros(v_j, acc_dtype)) + \
-            d_bias_blocks
-        _, d_query, d_key_t, d_value_t, *d_bias_blocks = tf.while_loop(
+                transposed_zeros(k_j, acc_dtype), transposed_zeros(v_j, acc_dtype)) + d_bias
+        _, d_query, d_key_t, d_value_t, *d_bias = tf.while_loop(
             lambda q_index, *_: q_index < plan.num_q, query_step, init, parallel_iterations=1)
+        if shared_rows:
+            d_bias_blocks = tuple(blocks.write(k_index, total)
+                                  for blocks, total in zip(d_bias_blocks, d_bias))
+        else:
+            d_bias_blocks = d_bias
         if chunk_scale is not None:
             d_key_t = d_key_t * chunk_scale
         if fold:
@@ -379,25 +389,32 @@ def _backward(plan, q, k, v, out, saved, d_out, chunk_scale, via_exp, acc_dtype)
     # Query chunks (and blocks) that no key chunk reaches (causal) keep a zero gradient.
     d_query = chunk_array(plan.num_q, acc_dtype,
                           fill=tf.zeros_like(chunk(q, 0, plan.q_chunk), acc_dtype))
+    # A bias whose query axis broadcasts ((B, 1, 1, S) say) keeps one gradient block per
+    # key chunk, summed over the query chunks in the loop, not num_q * num_k of them.
+    shared_rows = plan.bias is not None and plan.bias.shape[-2] == 1
+    bias_row_blocks = 1 if shared_rows else plan.num_q
     d_bias_blocks = () if plan.bias is None else (chunk_array(
-        plan.num_q * plan.num_k, acc_dtype, fill=tf.zeros_like(plan.bias_block(0, 0))),)
+        bias_row_blocks * plan.num_k, acc_dtype,
+        fill=tf.zeros_like(plan.bias_block(0, 0), acc_dtype)),)
     init = (0, d_query, chunk_array(plan.num_k, dtype), chunk_array(plan.num_k, dtype)) + \
         d_bias_blocks
     _, d_query, d_keys, d_values, *d_bias_blocks = tf.while_loop(
         lambda k_index, *_: k_index < plan.num_k, key_step, init, parallel_iterations=1)
     grads = (tf.cast(sequence(d_query, plan.num_q, plan.t), dtype),
              sequence(d_keys, plan.num_k, plan.s), sequence(d_values, plan.num_k, plan.s))
-    return grads + tuple(_bias_gradient(plan, blocks) for blocks in d_bias_blocks)
+    return grads + tuple(_bias_gradient(plan, blocks, bias_row_blocks)
+                         for blocks in d_bias_blocks)
 
 
-def _bias_gradient(plan, blocks):
-    """The bias's gradient from its (num_q * num_k) block gradients: the blocks laid out as
-    the (query chunk, key chunk) grid, cut to (T, S), summed over the bias's broadcast
-    axes (a block of a (B, 1, 1, S) bias has one row, so its grid has num_q rows)."""
-    stacked = blocks.stack()  # (nq * nk, ..., rows, cols)
+def _bias_gradient(plan, blocks, row_blocks):
+    """The bias's gradient from its (row_blocks * num_k) block gradients: the blocks laid
+    out as the (query chunk, key chunk) grid, cut to (T, S), summed over the bias's
+    broadcast axes. `row_blocks` is num_q, or 1 when the blocks of a key chunk were summed
+    over the query chunks already."""
+    stacked = blocks.stack()  # (row_blocks * nk, ..., rows, cols)
     rank = stacked.shape.rank
     shape = tf.shape(stacked)
-    grid = tf.reshape(stacked, tf.concat([[plan.num_q, plan.num_k], shape[1:]], 0))
+    grid = tf.reshape(stacked, tf.concat([[row_blocks, plan.num_k], shape[1:]], 0))
     lead = list(range(2, rank - 1))
     grid = tf.transpose(grid, lead + [0, rank - 1, 1, rank])  # (..., nq, rows, nk, cols)
     shape = tf.shape(grid)
