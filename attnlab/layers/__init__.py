@@ -7,6 +7,7 @@ from attnlab.layers.gated_attention import GatedAttention
 from attnlab.layers.kv_cache import empty_cache, update_cache
 from attnlab.layers.luong_attention import LuongAttention
 from attnlab.layers.multi_head_attention import MultiHeadAttention
+from attnlab.layers.non_local import NonLocalBlock
 from attnlab.layers.positional import (
     LearnedPositionEmbedding,
     RelativePositionBias,
@@ -27,6 +28,7 @@ __all__ = [
     "LearnedPositionEmbedding",
     "LuongAttention",
     "MultiHeadAttention",
+    "NonLocalBlock",
     "RelativePositionBias",
     "RotaryEmbedding",
     "SinusoidalPositionEncoding",
