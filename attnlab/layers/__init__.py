@@ -1,4 +1,5 @@
 """Keras 2 attention layers, one concept per module, registered under package "attnlab"."""
+from attnlab.layers.adaptive_span import AdaptiveSpanAttention
 from attnlab.layers.additive_attention import AdditiveAttention
 from attnlab.layers.cbam import CBAM
 from attnlab.layers.channel_attention import ChannelAttention
@@ -20,6 +21,7 @@ from attnlab.layers.transformer_decoder import TransformerDecoderBlock
 from attnlab.layers.transformer_encoder import TransformerEncoderBlock
 
 __all__ = [
+    "AdaptiveSpanAttention",
     "AdditiveAttention",
     "CBAM",
     "ChannelAttention",
