@@ -1,4 +1,5 @@
 """Keras 2 attention layers, one concept per module, registered under package "attnlab"."""
+from attnlab.layers.adaptive_span import AdaptiveSpanAttention
 from attnlab.layers.additive_attention import AdditiveAttention
 from attnlab.layers.cbam import CBAM
 from attnlab.layers.channel_attention import ChannelAttention
@@ -7,6 +8,7 @@ from attnlab.layers.gated_attention import GatedAttention
 from attnlab.layers.kv_cache import empty_cache, update_cache
 from attnlab.layers.luong_attention import LuongAttention
 from attnlab.layers.multi_head_attention import MultiHeadAttention
+from attnlab.layers.non_local import NonLocalBlock
 from attnlab.layers.positional import (
     LearnedPositionEmbedding,
     RelativePositionBias,
@@ -19,6 +21,7 @@ from attnlab.layers.transformer_decoder import TransformerDecoderBlock
 from attnlab.layers.transformer_encoder import TransformerEncoderBlock
 
 __all__ = [
+    "AdaptiveSpanAttention",
     "AdditiveAttention",
     "CBAM",
     "ChannelAttention",
@@ -27,6 +30,7 @@ __all__ = [
     "LearnedPositionEmbedding",
     "LuongAttention",
     "MultiHeadAttention",
+    "NonLocalBlock",
     "RelativePositionBias",
     "RotaryEmbedding",
     "SinusoidalPositionEncoding",
