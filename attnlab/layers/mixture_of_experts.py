@@ -19,9 +19,10 @@ DISPATCH_MODES = ("gather", "buffer")
 
 def check_mixture_arguments(num_experts, top_k, capacity_factor, load_balance_loss_weight,
                             router_z_loss_weight, dispatch, prefix=""):
-    """Validate the routing arguments (shared with the Transformer blocks, whose names carry
-    `prefix`); returns capacity_factor and the two loss weights as floats (or None)."""
-    check_positive_int(prefix + "num_experts", num_experts)
+    """Validate the routing arguments; the Transformer blocks name all but num_experts with
+    `prefix` ("expert_top_k"). Returns capacity_factor (or None) and the loss weights as
+    floats."""
+    check_positive_int("num_experts", num_experts)
     check_positive_int(prefix + "top_k", top_k)
     if top_k > num_experts:
         raise ValueError("%stop_k must be at most num_experts=%d, got %d"
@@ -78,8 +79,10 @@ class MixtureOfExperts(tf.keras.layers.Layer):
     capacity is dropped: that expert contributes zero for that token; a token dropped by
     all its choices gets a zero output, which in a residual block (TransformerEncoderBlock
     with `num_experts`) means it passes through unchanged. The share of dropped
-    assignments is returned in the routing and reported as the metric
-    "<layer name>_dropped_fraction".
+    assignments is returned in the routing and, when a capacity is set, reported as a mean
+    metric named by the attribute `metric_name`, "<layer name>_dropped_fraction" (the
+    Transformer blocks set "<block name>_dropped_fraction": Keras merges metrics of one
+    name, and every block's sublayer has the same name).
 
     Auxiliary losses (`add_loss`, over the non-padding tokens):
     load balance  = load_balance_loss_weight * E * sum_i f_i * P_i, with f_i the fraction
@@ -158,6 +161,7 @@ class MixtureOfExperts(tf.keras.layers.Layer):
         self.bias_initializer = tf.keras.initializers.get(bias_initializer)
         self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
         self.bias_regularizer = tf.keras.regularizers.get(bias_regularizer)
+        self.metric_name = self.name + "_dropped_fraction"
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -327,7 +331,7 @@ class MixtureOfExperts(tf.keras.layers.Layer):
             self.add_loss(self.router_z_loss_weight
                           * tf.reduce_sum(tf.square(z) * validf) / real_tokens)
         if self.capacity_factor is not None:
-            self.add_metric(dropped_fraction, name=self.name + "_dropped_fraction")
+            self.add_metric(dropped_fraction, name=self.metric_name)
         if not return_routing:
             return outputs
 

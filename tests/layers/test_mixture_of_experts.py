@@ -5,6 +5,8 @@ import pytest
 import tensorflow as tf
 
 from attnlab.layers.mixture_of_experts import MixtureOfExperts
+from attnlab.layers.transformer_decoder import TransformerDecoderBlock
+from attnlab.layers.transformer_encoder import TransformerEncoderBlock
 from tests.layers.layer_checks import check_layer
 
 DISPATCHES = ["gather", "buffer"]
@@ -319,3 +321,160 @@ def test_bad_inputs():
         MixtureOfExperts(2, 4)(tf.ones([1, 2, 4], tf.int32))
     with pytest.raises(ValueError, match=r"\(B, T\) padding mask, got \(1, 2, 2\)"):
         MixtureOfExperts(2, 4)(tf.ones([1, 2, 4]), mask=tf.ones([1, 2, 2], tf.bool))
+
+
+# ------------------------------------------------------------------ Transformer blocks
+
+# The dense blocks' variables before the mixture-of-experts option existed.
+DENSE_ENCODER_WEIGHTS = [
+    "self_attention/query/kernel", "self_attention/query/bias", "self_attention/key/kernel",
+    "self_attention/key/bias", "self_attention/value/kernel", "self_attention/value/bias",
+    "self_attention/attention_output/kernel", "self_attention/attention_output/bias",
+    "self_attention_norm/gamma", "self_attention_norm/beta",
+    "feedforward_intermediate/kernel", "feedforward_intermediate/bias",
+    "feedforward_output/kernel", "feedforward_output/bias",
+    "feedforward_norm/gamma", "feedforward_norm/beta"]
+DENSE_DECODER_WEIGHTS = DENSE_ENCODER_WEIGHTS + [
+    "cross_attention/query/kernel", "cross_attention/query/bias", "cross_attention/key/kernel",
+    "cross_attention/key/bias", "cross_attention/value/kernel", "cross_attention/value/bias",
+    "cross_attention/attention_output/kernel", "cross_attention/attention_output/bias",
+    "cross_attention_norm/gamma", "cross_attention_norm/beta"]
+EXPERT_ARGUMENTS = ["num_experts", "expert_top_k", "expert_capacity_factor",
+                    "expert_load_balance_loss_weight", "expert_router_z_loss_weight",
+                    "expert_dispatch"]
+
+
+def weight_names(block):
+    return [w.name[len(block.name) + 1:-len(":0")] for w in block.weights]
+
+
+def build_block(block_cls, **kwargs):
+    block = block_cls(2, 16, name="block", **kwargs)
+    x = tf.ones([1, 3, 8])
+    if block_cls is TransformerDecoderBlock:
+        block(x, tf.ones([1, 2, 8]))
+    else:
+        block(x)
+    return block
+
+
+@pytest.mark.parametrize("block_cls, expected", [
+    (TransformerEncoderBlock, DENSE_ENCODER_WEIGHTS),
+    (TransformerDecoderBlock, DENSE_DECODER_WEIGHTS)])
+def test_dense_blocks_are_unchanged_and_old_configs_load(block_cls, expected):
+    block = build_block(block_cls)
+    assert weight_names(block) == expected
+    assert block.losses == []
+    assert not hasattr(block, "feedforward_experts")
+    old_config = block.get_config()
+    for name in EXPERT_ARGUMENTS:
+        old_config.pop(name)
+    restored = block_cls.from_config(old_config)
+    assert restored.num_experts is None
+    assert restored.get_config() == block.get_config()
+
+
+@pytest.mark.parametrize("block_cls", [TransformerEncoderBlock, TransformerDecoderBlock])
+def test_blocks_with_experts_replace_only_the_feedforward(block_cls):
+    block = build_block(block_cls, num_experts=4, expert_top_k=2)
+    assert isinstance(block.feedforward_experts, MixtureOfExperts)
+    assert block.feedforward_experts.top_k == 2
+    names = weight_names(block)
+    dense = [n for n in (DENSE_DECODER_WEIGHTS if block_cls is TransformerDecoderBlock
+                         else DENSE_ENCODER_WEIGHTS) if not n.startswith("feedforward_")
+             or n.startswith("feedforward_norm")]
+    experts = ["feedforward_experts/router_kernel",
+               "feedforward_experts/expert_intermediate_kernel",
+               "feedforward_experts/expert_intermediate_bias",
+               "feedforward_experts/expert_output_kernel",
+               "feedforward_experts/expert_output_bias"]
+    assert sorted(names) == sorted(dense + experts)
+    assert len(block.losses) == 1  # the load-balancing loss, in the block's losses
+
+
+def test_encoder_block_routing_and_padding():
+    rng = np.random.RandomState(3)
+    x = rng.normal(size=(2, 5, 8)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
+    block = TransformerEncoderBlock(2, 16, num_experts=4, expert_capacity_factor=2.0,
+                                    norm_first=True)
+    out, scores, routing = block(x, mask=mask, return_attention_scores=True,
+                                 return_routing=True)
+    assert out.shape == (2, 5, 8) and scores["self"].shape == (2, 2, 5, 5)
+    assert routing["expert_index"].shape == (2, 5, 1)
+    np.testing.assert_array_equal(routing["expert_index"].numpy()[..., 0] == -1, ~mask)
+    np.testing.assert_allclose(routing["router_probs"].numpy().sum(-1), 1.0, atol=1e-6)
+    # Pre-norm: a padded token gets no expert output, so the FFN's residual leaves it as the
+    # attention sublayer's output.
+    attended = block.self_attention(block.self_attention_norm(x), block.self_attention_norm(x),
+                                    attention_mask=mask[:, None, :])
+    np.testing.assert_allclose(out.numpy()[~mask], (x + attended.numpy())[~mask], atol=1e-5)
+    with pytest.raises(ValueError, match="dense feed-forward: return_routing needs"):
+        TransformerEncoderBlock(2, 16)(x, return_routing=True)
+
+
+def test_decoder_block_routing_with_cache():
+    rng = np.random.RandomState(4)
+    x = rng.normal(size=(2, 3, 8)).astype("float32")
+    memory = rng.normal(size=(2, 4, 8)).astype("float32")
+    block = TransformerDecoderBlock(2, 16, num_experts=3, expert_top_k=2)
+    full, routing = block(x, memory, return_routing=True)
+    cache = block.init_cache(2, 3)
+    steps = []
+    for t in range(3):
+        out, step_routing, cache = block(x[:, t:t + 1], memory, self_attention_cache=cache,
+                                         cache_update_index=t, return_routing=True)
+        steps.append(out.numpy())
+        np.testing.assert_array_equal(step_routing["expert_index"].numpy()[:, 0],
+                                      routing["expert_index"].numpy()[:, t])
+    # Without a capacity, token-by-token decoding routes and computes as one call does.
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full.numpy(), atol=1e-5)
+
+
+def test_blocks_report_dropped_fraction_separately():
+    inputs = tf.keras.Input((6, 8))
+    x = TransformerEncoderBlock(2, 16, num_experts=4, expert_capacity_factor=0.25,
+                                name="first")(inputs)
+    x = TransformerEncoderBlock(2, 16, num_experts=4, expert_capacity_factor=4.0,
+                                name="second")(x)
+    model = tf.keras.Model(inputs, x)
+    model.compile(optimizer="sgd", loss="mse")
+    rng = np.random.RandomState(0)
+    history = model.fit(rng.rand(4, 6, 8), rng.rand(4, 6, 8), verbose=0).history
+    assert history["first_dropped_fraction"][0] >= 0.75
+    assert history["second_dropped_fraction"][0] == 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_experts": 0}, "num_experts must be a positive integer, got 0"),
+    ({"num_experts": 2, "expert_top_k": 3}, "expert_top_k must be at most num_experts=2"),
+    ({"num_experts": 2, "expert_capacity_factor": -1},
+     "expert_capacity_factor must be a number > 0, got -1"),
+    ({"num_experts": 2, "expert_router_z_loss_weight": -1},
+     "expert_router_z_loss_weight must be a number >= 0"),
+    ({"num_experts": 2, "expert_dispatch": "all"}, "expert_dispatch must be one of"),
+    ({"expert_top_k": 2}, "expert_top_k only apply to a mixture-of-experts.*num_experts"),
+])
+@pytest.mark.parametrize("block_cls", [TransformerEncoderBlock, TransformerDecoderBlock])
+def test_blocks_bad_expert_arguments(block_cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        block_cls(2, 8, **kwargs)
+
+
+def test_encoder_block_with_experts_check_layer(tmp_path):
+    x = np.random.RandomState(0).normal(size=(2, 4, 8)).astype("float32")
+    check_layer(TransformerEncoderBlock,
+                {"num_heads": 2, "intermediate_dim": 16, "num_experts": 4, "expert_top_k": 2,
+                 "expert_capacity_factor": 1.5, "expert_router_z_loss_weight": 0.001,
+                 "expert_dispatch": "buffer"},
+                x, tmp_path, expected_output_shape=(2, 4, 8))
+
+
+def test_decoder_block_with_experts_check_layer(tmp_path):
+    rng = np.random.RandomState(0)
+    inputs = [rng.normal(size=(2, 4, 8)).astype("float32"),
+              rng.normal(size=(2, 3, 8)).astype("float32")]
+    check_layer(TransformerDecoderBlock,
+                {"num_heads": 2, "intermediate_dim": 16, "num_experts": 3,
+                 "expert_capacity_factor": 1.0, "norm_first": True},
+                inputs, tmp_path, expected_output_shape=(2, 4, 8))
