@@ -38,6 +38,11 @@ EXPECTED = {
          ["case", "local_attention", "per-position loop", "speed-up"]],
         ["L=64", "L=128", "L=256", "L=32 w=4"],
         ["3 local linear in L (w=8)", "3 local vs loop L=32 w=4"]),
+    "moe_speed.py": (
+        [["case", "step ms", "time / dense", "parameters", "parameters / dense"]],
+        ["dense FFN", "MoE gather", "MoE buffer"],
+        ["MoE gather top-1 E=8 step time vs dense", "MoE buffer top-1 E=8 step time vs dense",
+         "MoE E=8 parameters vs dense"]),
 }
 
 

@@ -7,6 +7,7 @@ from attnlab.layers.custom_attention import CustomAttention
 from attnlab.layers.gated_attention import GatedAttention
 from attnlab.layers.kv_cache import empty_cache, update_cache
 from attnlab.layers.luong_attention import LuongAttention
+from attnlab.layers.mixture_of_experts import MixtureOfExperts
 from attnlab.layers.multi_head_attention import MultiHeadAttention
 from attnlab.layers.non_local import NonLocalBlock
 from attnlab.layers.positional import (
@@ -29,6 +30,7 @@ __all__ = [
     "GatedAttention",
     "LearnedPositionEmbedding",
     "LuongAttention",
+    "MixtureOfExperts",
     "MultiHeadAttention",
     "NonLocalBlock",
     "RelativePositionBias",

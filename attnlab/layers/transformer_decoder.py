@@ -22,6 +22,11 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
     Post-norm (`norm_first=False`): x = LN(x + Drop(SelfMHA(x))); x = LN(x + Drop(CrossMHA(x,
     enc))); x = LN(x + Drop(FFN(x))). Pre-norm applies each LN to the sublayer input instead.
     Each head has D // num_heads dimensions; the encoder output must have depth D too.
+    With `num_experts` the FFN is a `MixtureOfExperts` (attribute `feedforward_experts`), as
+    in TransformerEncoderBlock. With an expert capacity, which tokens are dropped depends
+    on the tokens of the call, so step-by-step decoding with a cache can drop differently
+    from one call on the whole sequence; decode with `expert_capacity_factor=None` when the
+    two must agree.
 
     Args:
         num_heads: attention heads H; must divide the model depth D.
@@ -34,6 +39,9 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
             decoder-only, GPT-style block).
         kernel_initializer: initializer of every kernel.
         bias_initializer: initializer of every bias.
+        num_experts, expert_top_k, expert_capacity_factor, expert_load_balance_loss_weight,
+        expert_router_z_loss_weight, expert_dispatch: the mixture-of-experts feed-forward,
+            as in TransformerEncoderBlock (num_experts=None: the dense FFN).
         **kwargs: base Layer arguments.
 
     Call arguments:
@@ -53,11 +61,14 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
             not at every step).
         return_attention_scores: also return {"self": (B, H, T, T or S_max),
             "cross": (B, H, T, S)}.
+        return_routing: also return the mixture of experts' routing dict; only with
+            `num_experts`.
         training: dropout switch.
 
     Returns:
-        (B, T, D); then the attention weight dict when asked; then the updated cache
-        when a cache is given: `(output, cache)` or `(output, scores, cache)`.
+        (B, T, D); then the attention weight dict and the routing dict when asked; then
+        the updated cache when a cache is given: `(output, cache)`,
+        `(output, scores, cache)`, `(output, scores, routing, cache)`...
 
     Example:
         >>> block = TransformerDecoderBlock(num_heads=2, intermediate_dim=32)
@@ -67,11 +78,19 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
 
     def __init__(self, num_heads, intermediate_dim, dropout=0.0, norm_first=False,
                  activation="relu", layer_norm_epsilon=1e-5, use_cross_attention=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 num_experts=None, expert_top_k=1, expert_capacity_factor=None,
+                 expert_load_balance_loss_weight=0.01, expert_router_z_loss_weight=0.0,
+                 expert_dispatch="gather", **kwargs):
         super().__init__(num_heads, intermediate_dim, dropout=dropout, norm_first=norm_first,
                          activation=activation, layer_norm_epsilon=layer_norm_epsilon,
                          kernel_initializer=kernel_initializer,
-                         bias_initializer=bias_initializer, **kwargs)
+                         bias_initializer=bias_initializer, num_experts=num_experts,
+                         expert_top_k=expert_top_k,
+                         expert_capacity_factor=expert_capacity_factor,
+                         expert_load_balance_loss_weight=expert_load_balance_loss_weight,
+                         expert_router_z_loss_weight=expert_router_z_loss_weight,
+                         expert_dispatch=expert_dispatch, **kwargs)
         self.use_cross_attention = check_bool("use_cross_attention", use_cross_attention)
 
     def build(self, input_shape):
@@ -114,7 +133,9 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
 
     def call(self, inputs, encoder_output=None, attention_mask=None, encoder_mask=None,
              mask=None, self_attention_cache=None, cache_update_index=None,
-             return_attention_scores=False, training=None, cross_attention_cache=None):
+             return_attention_scores=False, training=None, cross_attention_cache=None,
+             return_routing=False):
+        self._check_return_routing(return_routing)
         if self.use_cross_attention and encoder_output is None:
             raise ValueError("%s has cross-attention: pass encoder_output (B, S, D), or build "
                              "it with use_cross_attention=False" % self.name)
@@ -167,10 +188,14 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
             if not self.norm_first:
                 x = self.cross_attention_norm(x)
 
-        x = self.feedforward(x, training=training)
+        x = self.feedforward(x, training=training, mask=mask, return_routing=return_routing)
+        if return_routing:
+            x, routing = x
         outputs = (x,)
         if return_attention_scores:
             outputs += (scores,)
+        if return_routing:
+            outputs += (routing,)
         if use_cache:
             outputs += (new_cache,)
         return outputs[0] if len(outputs) == 1 else outputs
