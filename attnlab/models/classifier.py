@@ -57,6 +57,7 @@ class AttentionClassifier(tf.keras.Model):
         else:
             self.attention = MultiHeadAttention(num_heads, embed_dim // num_heads,
                                                 name="attention")
+            build_self_attention(self.attention, embed_dim)
         self.classify = tf.keras.layers.Dense(num_classes, dtype="float32", name="classify")
 
     def call(self, inputs, training=None, return_attention=False):
@@ -69,13 +70,7 @@ class AttentionClassifier(tf.keras.Model):
         else:
             y, weights = self.attention(x, x, attention_mask=mask[:, tf.newaxis, :],
                                         return_attention_scores=True, training=training)
-        keep = tf.cast(mask, y.dtype)[..., tf.newaxis]
-        if self.pooling == "mean":
-            pooled = tf.reduce_sum(y * keep, axis=1) / tf.maximum(
-                tf.reduce_sum(keep, axis=1), tf.cast(1.0, y.dtype))
-        else:
-            pooled = tf.reduce_max(tf.where(keep > 0, y, tf.cast(-1e4, y.dtype)), axis=1)
-        logits = self.classify(pooled)
+        logits = self.classify(pool_over_tokens(y, mask, self.pooling))
         if return_attention:
             return logits, {"attention": weights}
         return logits
@@ -84,6 +79,26 @@ class AttentionClassifier(tf.keras.Model):
         return {"vocab_size": self.vocab_size, "num_classes": self.num_classes,
                 "embed_dim": self.embed_dim, "attention": self.attention_type,
                 "num_heads": self.num_heads, "pooling": self.pooling, "name": self.name}
+
+
+def build_self_attention(attention, width):
+    """Create a MultiHeadAttention's variables for (B, T, width) self-attention now.
+
+    A SavedModel load rebuilds a subclassed model from its config and restores the
+    variables that exist then; projections left to the first call would keep their fresh
+    initial values.
+    """
+    shape = tf.TensorShape([None, None, width])
+    attention._build_from_signature(shape, shape)
+
+
+def pool_over_tokens(y, mask, pooling):
+    """Mean or max of y (B, T, D) over the positions where mask (B, T) is True."""
+    keep = tf.cast(mask, y.dtype)[..., tf.newaxis]
+    if pooling == "mean":
+        return tf.reduce_sum(y * keep, axis=1) / tf.maximum(
+            tf.reduce_sum(keep, axis=1), tf.cast(1.0, y.dtype))
+    return tf.reduce_max(tf.where(keep > 0, y, tf.cast(-1e4, y.dtype)), axis=1)
 
 
 def attention_mass(weights, key_mask, query_mask=None):

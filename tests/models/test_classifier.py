@@ -104,3 +104,16 @@ def test_bad_arguments_name_the_value():
         AttentionClassifier(10, 2, embed_dim=10, attention="multi_head", num_heads=4)
     with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
         AttentionClassifier(10, 0)
+
+
+@pytest.mark.parametrize("attention", ["custom", "multi_head"])
+def test_saved_model_round_trip_keeps_every_weight(attention, tmp_path):
+    ids = np.array([[3, 5, 7, 11, 0, 0], [1, 2, 3, 4, 5, 6]], np.int32)
+    model = AttentionClassifier(vocab_size=12, num_classes=3, embed_dim=8,
+                                attention=attention)
+    model(ids)
+    model.save(str(tmp_path / "model"), save_format="tf")
+    restored = tf.keras.models.load_model(str(tmp_path / "model"))
+    for saved, loaded in zip(model.weights, restored.weights):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy(), err_msg=saved.name)
+    np.testing.assert_allclose(restored(ids).numpy(), model(ids).numpy(), atol=1e-6)
