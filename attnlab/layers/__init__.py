@@ -1,5 +1,6 @@
 """Keras 2 attention layers, one concept per module, registered under package "attnlab"."""
 from attnlab.layers.additive_attention import AdditiveAttention
+from attnlab.layers.attention_pooling import AttentionPooling
 from attnlab.layers.cbam import CBAM
 from attnlab.layers.channel_attention import ChannelAttention
 from attnlab.layers.custom_attention import CustomAttention
@@ -20,6 +21,7 @@ from attnlab.layers.transformer_encoder import TransformerEncoderBlock
 
 __all__ = [
     "AdditiveAttention",
+    "AttentionPooling",
     "CBAM",
     "ChannelAttention",
     "CustomAttention",
