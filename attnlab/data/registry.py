@@ -3,6 +3,7 @@ import functools
 
 from attnlab.data.dates import make_dates
 from attnlab.data.digits import make_digits
+from attnlab.data.documents import make_documents
 from attnlab.data.sequences import make_sequence_task
 from attnlab.data.trigger import make_trigger
 
@@ -13,6 +14,7 @@ TASKS = {
     "sort": functools.partial(make_sequence_task, "sort"),
     "trigger": make_trigger,
     "digits": make_digits,
+    "documents": make_documents,
 }
 
 

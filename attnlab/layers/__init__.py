@@ -1,6 +1,7 @@
 """Keras 2 attention layers, one concept per module, registered under package "attnlab"."""
 from attnlab.layers.adaptive_span import AdaptiveSpanAttention
 from attnlab.layers.additive_attention import AdditiveAttention
+from attnlab.layers.attention_pooling import AttentionPooling
 from attnlab.layers.cbam import CBAM
 from attnlab.layers.channel_attention import ChannelAttention
 from attnlab.layers.custom_attention import CustomAttention
@@ -24,6 +25,7 @@ from attnlab.layers.transformer_encoder import TransformerEncoderBlock
 __all__ = [
     "AdaptiveSpanAttention",
     "AdditiveAttention",
+    "AttentionPooling",
     "CBAM",
     "ChannelAttention",
     "CustomAttention",

@@ -63,10 +63,15 @@ class ConfigError(ValueError):
 
 
 def _models():
-    from attnlab.models import AttentionClassifier, RNNSeq2Seq, TransformerSeq2Seq
+    from attnlab.models import (
+        AttentionClassifier,
+        HierarchicalAttentionNetwork,
+        RNNSeq2Seq,
+        TransformerSeq2Seq,
+    )
 
-    return {"classifier": AttentionClassifier, "rnn_seq2seq": RNNSeq2Seq,
-            "transformer": TransformerSeq2Seq}
+    return {"classifier": AttentionClassifier, "han": HierarchicalAttentionNetwork,
+            "rnn_seq2seq": RNNSeq2Seq, "transformer": TransformerSeq2Seq}
 
 
 def _type_name(types):

@@ -9,6 +9,9 @@ from attnlab.train.config import dump_config
 from attnlab.train.process_exit import mark_collective_runtime_started
 from attnlab.train.run_dir import RunDir, atomic_write_text
 
+# The classifier model of token inputs of each rank: (N, T) sequences, (N, S, T) documents.
+CLASSIFIERS = {2: "classifier", 3: "han"}
+
 
 class RunExistsError(FileExistsError):
     """The run name is taken; pass resume=True (`--resume`) to continue it."""
@@ -44,16 +47,21 @@ def build_model(config, task):
     """The model of `config["model"]` sized from the task's vocabularies."""
     from attnlab.train.config import _models
 
+    name = config["model"]["name"]
     args = {k: v for k, v in config["model"].items() if k != "name"}
-    cls = _models()[config["model"]["name"]]
+    cls = _models()[name]
     if task.kind == "seq2seq":
-        if config["model"]["name"] == "classifier":
-            raise ValueError("model.name: 'classifier' cannot learn the seq2seq task %r"
-                             % task.name)
+        if name in CLASSIFIERS.values():
+            raise ValueError("model.name: %r cannot learn the seq2seq task %r" % (name, task.name))
         return cls(len(task.source_vocab), len(task.target_vocab), **args)
-    if config["model"]["name"] != "classifier" or task.source_vocab is None:
-        raise ValueError("model.name: %r does not fit the %s task %r (use 'classifier' on a "
-                         "token task)" % (config["model"]["name"], task.kind, task.name))
+    # Token classifiers are told apart by the rank of their inputs: (N, T) token rows or
+    # (N, S, T) documents of sentences.
+    rank = task.arrays("train")[0].ndim if task.source_vocab is not None else None
+    if CLASSIFIERS.get(rank) != name:
+        fits = ("use %r" % CLASSIFIERS[rank]) if rank in CLASSIFIERS else \
+            "no model fits inputs that are not token ids"
+        raise ValueError("model.name: %r does not fit the %s task %r (%s)"
+                         % (name, task.kind, task.name, fits))
     return cls(len(task.source_vocab), task.num_classes, **args)
 
 
@@ -133,7 +141,9 @@ def _probe(task, size):
         keys = [[vocab_in.tokens[i] for i in row] for row in x["source"]]
         queries = [[vocab_out.tokens[i] for i in row] for row in x["target_in"]]
         return x, queries, keys
-    if task.source_vocab is None:
+    if task.source_vocab is None or x.ndim != 2:
+        # A snapshot holds (B, H, T, S) maps over one token row per example; documents of
+        # sentences (N, S, T) have no such row.
         return None
     x = x[:size]
     tokens = [[task.source_vocab.tokens[i] for i in row] for row in x]
@@ -143,7 +153,8 @@ def _probe(task, size):
 def evaluate_task(model, task, config, split="test"):
     """Final metrics on `split`: exact match by decoding (seq2seq) or accuracy (classification).
 
-    For the trigger task the mean attention mass on trigger tokens is reported too.
+    For the trigger task the mean attention mass on trigger tokens is reported too, for the
+    documents task the mean sentence attention on the key sentence.
     """
     from attnlab.decoding import beam_search, greedy_decode
 
@@ -170,9 +181,15 @@ def evaluate_task(model, task, config, split="test"):
         return metrics
     correct, mass, count = 0, [], 0
     trigger = task.meta[split].get("trigger_mask")
+    key_sentence = task.meta[split].get("key_sentence")
     for start in range(0, len(y), batch):
         xb = x[start:start + batch]
-        if trigger is not None:
+        if key_sentence is not None:
+            logits, weights = model(xb, training=False, return_attention=True)
+            on_key = np.take_along_axis(np.asarray(weights["sentence"], np.float64),
+                                        key_sentence[start:start + batch, None], axis=1)
+            mass.append(float(np.sum(on_key)))
+        elif trigger is not None:
             from attnlab.models.classifier import attention_mass
 
             logits, weights = model(xb, training=False, return_attention=True)
@@ -183,7 +200,12 @@ def evaluate_task(model, task, config, split="test"):
         correct += int(np.sum(np.argmax(np.asarray(logits), -1) == y[start:start + batch]))
         count += len(xb)
     metrics[split + "_accuracy"] = correct / count
-    if mass:
+    if key_sentence is not None:
+        metrics[split + "_attention_on_key_sentence"] = float(np.sum(mass) / count)
+        # Uniform attention would put 1 / (number of sentences) of the mass on the key one.
+        sentences = task.meta[split]["num_sentences"]
+        metrics[split + "_uniform_attention_on_key_sentence"] = float(np.mean(1.0 / sentences))
+    elif mass:
         metrics[split + "_attention_on_triggers"] = float(np.sum(mass) / count)
         filler = np.mean([(row != 0).sum() - m.sum() for row, m in zip(x, trigger)])
         triggers = np.mean([m.sum() for m in trigger])
