@@ -309,7 +309,9 @@ def export_model(model, task, out, config=None, checkpoint="", attention=False,
                                    not isinstance(max_length, int) or max_length < 1):
         raise ExportError("max_length must be a positive int, got %r" % (max_length,))
     if task.kind != "seq2seq":
-        max_length = None
+        if max_length is not None:
+            raise ExportError("max_length applies to seq2seq models; %r is a %s task"
+                              % (task.name, task.kind))
     elif max_length is None:
         max_length = target_length(task)
     serve = serving_function(model, task, attention=attention, max_length=max_length)

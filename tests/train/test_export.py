@@ -330,6 +330,8 @@ def test_cli_refuses_what_it_cannot_export_with_exit_code_2(runs, tmp_path, caps
     assert "has no checkpoint" in err and "fresh" in err
     err = _export_fails([runs / "transformer", out, "--max-length", "9"], capsys, parent)
     assert "max_length 9 exceeds the model's max_length 8" in err
+    err = _export_fails([runs / "classifier", out, "--max-length", "4"], capsys, parent)
+    assert "max_length applies to seq2seq models" in err
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     err = _export_fails([runs / "classifier", out], capsys, parent)
