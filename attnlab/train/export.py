@@ -11,7 +11,7 @@ load it with nothing but TensorFlow. Its `serving_default` signature:
 - seq2seq models: `target_ids` int32 (B, max_length), greedy-decoded target ids (the
   end token </s>, then padding 0; the start token <s> is not included).
 - with attention=True, the model's attention weights besides, named after attnlab's
-  attention names with "/" -> "_" (H heads, S = T source positions, L = max_length):
+  attention names with "/" -> "_" (H heads, T input tokens, L = max_length):
   classifier `attention` (B, H, T, T); transformer `encoder_{i}_self_attention`
   (B, H, T, T), `decoder_{i}_self_attention` (B, H, L, L), `decoder_{i}_cross_attention`
   (B, H, L, T) for each layer i; rnn_seq2seq `cross_attention` (B, 1, L, T). Decoder rows
@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 
-from attnlab.data.vocab import SPECIALS, Vocabulary
+from attnlab.data.vocab import SPECIALS
 
 VOCAB_FILE = "vocab.json"
 
@@ -382,13 +382,3 @@ def export_run(run_or_checkpoint, out, attention=False, max_length=None, force=F
     return {"path": path, "checkpoint": checkpoint,
             "outputs": output_names(model, task, attention, max_length)}
 
-
-def read_vocab(path):
-    """The vocab.json document of an exported SavedModel folder, with Vocabulary objects
-    under "source" and "target" (None when absent)."""
-    with open(os.path.join(path, "assets", VOCAB_FILE), encoding="utf-8") as f:
-        document = json.load(f)
-    for key in ("source", "target"):
-        tokens = document[key + "_vocab"]
-        document[key] = None if tokens is None else Vocabulary(tokens[len(SPECIALS):])
-    return document
