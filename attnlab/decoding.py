@@ -72,6 +72,37 @@ def _greedy_full_loop(model, memory, prefix, eos, pad, max_length):
     return tf.transpose(out.stack())
 
 
+def greedy_decode_graph(model, source, max_length, bos_id=1, eos_id=2, pad_id=0):
+    """Greedy decoding with the KV cache / RNN state as TensorFlow ops only.
+
+    The same decoding as `greedy_decode(..., use_cache=True)`, but traceable in a
+    tf.function with an unknown batch size and no NumPy, so it can be part of an exported
+    graph (attnlab.train.export).
+
+    Args:
+        model: a model with the decoding protocol (module docstring).
+        source: int32 ids (B, S) tensor.
+        max_length: tokens to generate (a Python int: it sizes the KV cache).
+        bos_id, eos_id, pad_id: special token ids.
+
+    Returns:
+        int32 (B, max_length) tensor.
+
+    Example:
+        >>> serve = tf.function(lambda s: greedy_decode_graph(model, s, 11),
+        ...                     input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    """
+    check_positive_int("max_length", max_length)
+    memory = model.encode(source)
+    state = model.init_decode_state(memory, max_length)
+    ids = _greedy_cached_loop(model, memory, state, tf.constant(bos_id, tf.int32),
+                              tf.constant(eos_id, tf.int32), tf.constant(pad_id, tf.int32),
+                              tf.constant(max_length, tf.int32))
+    # The loop stops once every row has ended: pad the remaining columns.
+    ids = tf.pad(ids, [[0, 0], [0, max_length - tf.shape(ids)[1]]], constant_values=pad_id)
+    return tf.ensure_shape(ids, [None, max_length])
+
+
 def memory_first(memory):
     return tf.nest.flatten(memory)[0]
 

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from attnlab.decoding import _filter_logits, beam_search, greedy_decode, sample_decode
+from attnlab.decoding import (
+    _filter_logits,
+    beam_search,
+    greedy_decode,
+    greedy_decode_graph,
+    sample_decode,
+)
 from attnlab.models.rnn_seq2seq import RNNSeq2Seq
 from attnlab.models.transformer import TransformerSeq2Seq
 
@@ -48,6 +54,21 @@ def test_cached_greedy_equals_recomputed_greedy(name, request):
     recomputed = greedy_decode(model, source, max_length=10, use_cache=False)
     np.testing.assert_array_equal(cached, recomputed)
     _check_layout(cached, 10)
+
+
+@pytest.mark.parametrize("name", ["transformer", "rnn"])
+def test_graph_greedy_traced_for_any_batch_equals_greedy(name, request):
+    """One trace with unknown batch and length serves batches of any size (as in an export);
+    rows that end early are padded to max_length like greedy_decode's."""
+    model = request.getfixturevalue(name)
+    decode = tf.function(lambda source: greedy_decode_graph(model, source, 7),
+                         input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    for batch, length in ((3, 5), (1, 4)):
+        source = _source(batch, length, seed=batch)
+        got = decode(tf.constant(source)).numpy()
+        np.testing.assert_array_equal(got, greedy_decode(model, source, max_length=7))
+        _check_layout(got, 7)
+    assert decode.experimental_get_tracing_count() == 1
 
 
 def test_greedy_picks_the_argmax_of_the_full_run(transformer):

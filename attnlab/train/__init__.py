@@ -15,6 +15,7 @@ _EXPORTS = {
     "fit_observed": "attnlab.train.observers",
     "ScheduledSampling": "attnlab.train.scheduled_sampling",
     "load_config": "attnlab.train.config",
+    "export_run": "attnlab.train.export",
     "validate_config": "attnlab.train.config",
 }
 

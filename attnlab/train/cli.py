@@ -1,4 +1,4 @@
-"""The `attnlab` command: train in the foreground or detached, list runs, follow logs, stop.
+"""The `attnlab` command: train (foreground or detached), list runs, follow logs, stop, export.
 
     attnlab train CONFIG.yaml [--name NAME] [--detach] [--resume] [--runs-dir DIR]
     attnlab launch CONFIG.yaml --workers HOST:PORT,... --index I [--name NAME] [--runs-dir DIR]
@@ -6,6 +6,7 @@
     attnlab runs [--runs-dir DIR]
     attnlab logs NAME [-f] [--runs-dir DIR]
     attnlab stop NAME [--runs-dir DIR] [--timeout SECONDS]
+    attnlab export RUN_OR_CHECKPOINT OUT [--attention] [--max-length N] [--force]
     attnlab doctor [--checkout DIR]
 
 The runs folder is ./runs unless --runs-dir or $ATTNLAB_RUNS_DIR says otherwise.
@@ -275,6 +276,26 @@ def cmd_stop(args):
     return 1
 
 
+def cmd_export(args):
+    from attnlab.train.export import ExportError, export_run
+
+    source = args.source
+    if not os.path.exists(source) and not os.path.exists(source + ".index") and \
+            os.sep not in source and os.path.isdir(os.path.join(_runs_dir(args), source)):
+        source = os.path.join(_runs_dir(args), source)  # a run name, as `attnlab logs` takes
+    try:
+        result = export_run(source, args.out, attention=args.attention,
+                            max_length=args.max_length, force=args.force)
+    except ExportError as err:
+        print("attnlab export: %s" % err, file=sys.stderr)
+        return 2
+    print("exported %s to %s" % (result["checkpoint"], result["path"]))
+    print("signature serving_default: tokens int32 (B, T) -> %s" % ", ".join(
+        "%s %s" % item for item in result["outputs"].items()))
+    print("vocabularies: %s" % os.path.join(result["path"], "assets", "vocab.json"))
+    return 0
+
+
 def parser():
     p = argparse.ArgumentParser(prog="attnlab", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -317,11 +338,23 @@ def parser():
             s.add_argument("-f", "--follow", action="store_true", help="follow the log")
         if name == "stop":
             s.add_argument("--timeout", type=float, default=60.0)
+    e = sub.add_parser("export", help="write a run's model as a TensorFlow SavedModel for "
+                                      "serving (signature serving_default)")
+    e.add_argument("source", metavar="RUN_OR_CHECKPOINT",
+                   help="run folder or name (its newest checkpoint), or a checkpoint of it "
+                        "(runs/NAME/checkpoints/ckpt-N)")
+    e.add_argument("out", metavar="OUT", help="SavedModel folder to create (for TensorFlow "
+                                              "Serving: MODELS/NAME/1)")
+    e.add_argument("--attention", action="store_true",
+                   help="also output the attention weights")
+    e.add_argument("--max-length", type=int, default=None,
+                   help="seq2seq: target ids to generate (default: the task's target length)")
+    e.add_argument("--force", action="store_true", help="replace OUT if it exists")
     d = sub.add_parser("doctor", help="check GPU, TensorFlow, mounts, token, SSH keys, ports "
                                       "and the build's CA; print the fixes")
     d.add_argument("--checkout", help="the checkout (outside the container; default: the "
                                       "folder with docker-compose.yml at or above this one)")
-    for s in [t, la] + [sub.choices[n] for n in ("runs", "logs", "stop")]:
+    for s in [t, la, e] + [sub.choices[n] for n in ("runs", "logs", "stop")]:
         s.add_argument("--runs-dir", help="runs folder (default ./runs or $ATTNLAB_RUNS_DIR)")
     return p
 
@@ -340,7 +373,8 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser().parse_args(argv)
     commands = {"train": cmd_train, "launch": cmd_launch, "kubernetes": cmd_kubernetes,
-                "runs": cmd_runs, "logs": cmd_logs, "stop": cmd_stop, "doctor": cmd_doctor}
+                "runs": cmd_runs, "logs": cmd_logs, "stop": cmd_stop, "doctor": cmd_doctor,
+                "export": cmd_export}
     try:
         return commands[args.command](args)
     except ConfigError as err:
