@@ -75,8 +75,8 @@ def check_int_arg(op_name, name, value, at_least=None):
     """`value` as a Python int, or an integer tensor as it is (checked when static).
 
     Raises:
-        TypeError: a bool, a float (NaN included), a string, a non-integer tensor.
-        ValueError: an int below `at_least`.
+        ValueError: a bool, a float (NaN included), an int below `at_least`.
+        TypeError: a string or other non-number, a non-integer tensor.
     """
     if tf.is_tensor(value):
         if not value.dtype.is_integer:
@@ -87,7 +87,10 @@ def check_int_arg(op_name, name, value, at_least=None):
             raise ValueError("%s: %s must be >= %d, got %r" % (op_name, name, at_least, static))
         return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError("%s: %s must be an integer, got %r" % (op_name, name, value))
+        # A number that is not an integer (1.5, NaN, inf, True) is a bad value; anything
+        # else (a string, None) a bad type.
+        error = ValueError if isinstance(value, numbers.Number) else TypeError
+        raise error("%s: %s must be an integer, got %r" % (op_name, name, value))
     value = int(value)
     if at_least is not None and value < at_least:
         raise ValueError("%s: %s must be >= %d, got %d" % (op_name, name, at_least, value))

@@ -160,6 +160,7 @@ def align_to_scores(x, scores_shape, what):
     rank = scores_shape.rank
     if x.shape.rank is None or rank is None:
         return x
+    given = shape_str(x)  # the caller's shape, named in errors before any axis is added
     if x.shape.rank == 2 and rank > 2:
         for _ in range(rank - 2):
             x = x[tf.newaxis]
@@ -172,7 +173,8 @@ def align_to_scores(x, scores_shape, what):
             % (what, shape_str(x), str(tuple(scores_shape.as_list()))))
     for m, s in zip(x.shape.as_list(), scores_shape.as_list()):
         if m is not None and s is not None and m not in (1, s):
+            aligned = "" if shape_str(x) == given else " (as %s)" % shape_str(x)
             raise ValueError(
-                "%s of shape %s does not broadcast to scores of shape %s"
-                % (what, shape_str(x), str(tuple(scores_shape.as_list()))))
+                "%s of shape %s%s does not broadcast to scores of shape %s"
+                % (what, given, aligned, str(tuple(scores_shape.as_list()))))
     return x
