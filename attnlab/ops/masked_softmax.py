@@ -78,11 +78,15 @@ def masked_softmax(scores, mask=None):
         mask = as_bool_mask(mask)
         if scores.shape.rank is not None and mask.shape.rank is not None:
             try:
-                tf.broadcast_static_shape(scores.shape, mask.shape)
+                # The mask broadcasts *to* the scores: a mask that would enlarge them
+                # (scores (1, S), mask (T, S)) is refused as well.
+                fits = tf.broadcast_static_shape(scores.shape, mask.shape).is_compatible_with(
+                    scores.shape)
             except ValueError:
+                fits = False
+            if not fits:
                 raise ValueError("masked_softmax: mask of shape %s does not broadcast to "
-                                 "scores of shape %s" % (shape_str(mask), shape_str(scores))
-                                 ) from None
+                                 "scores of shape %s" % (shape_str(mask), shape_str(scores)))
     compute_dtype = softmax_dtype(scores.dtype)
     x = tf.cast(scores, compute_dtype)
     if mask is None:

@@ -2,11 +2,14 @@
 wrong result, a NaN or a raw TensorFlow error. Plus the value fixes (a window beyond the
 sequence, float16 scores beyond 65504, 0/1 masks) against a float64 NumPy reference."""
 import math
+import re
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnlab.ops import (
     attention_kernel,
@@ -427,3 +430,37 @@ def test_checked_mode_in_masked_softmax(monkeypatch):
     monkeypatch.setenv(CHECK_NUMERICS_ENV, "1")
     with pytest.raises(tf.errors.InvalidArgumentError, match="masked_softmax: scores"):
         masked_softmax(tf.constant([[0.0, NAN]]))
+
+
+# ------------------------------------------------------------------ shape spaces
+@st.composite
+def _non_broadcasting_shapes(draw):
+    """(scores shape, mask shape) of equal rank where some mask axis is neither 1 nor the
+    scores' size."""
+    scores = draw(st.lists(st.integers(1, 4), min_size=2, max_size=4))
+    mask = [draw(st.sampled_from([1, n])) for n in scores]
+    axis = draw(st.integers(0, len(scores) - 1))
+    mask[axis] = scores[axis] + draw(st.integers(1, 3))
+    return tuple(scores), tuple(mask)
+
+
+@settings(max_examples=25, deadline=None)
+@given(_non_broadcasting_shapes())
+def test_masked_softmax_names_both_shapes_for_any_mask_that_does_not_broadcast(shapes):
+    # A raw TF broadcasting error (InvalidArgumentError from SelectV2) before.
+    scores, mask = shapes
+    with pytest.raises(ValueError, match=re.escape("mask of shape %s" % (mask,)) + ".*"
+                       + re.escape("scores of shape %s" % (scores,))):
+        masked_softmax(tf.zeros(scores), np.ones(mask, bool))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True).filter(
+    lambda x: x not in (0.0, 1.0)))
+def test_any_mask_value_other_than_0_and_1_is_refused(value):
+    mask = np.ones([B, 1, L], np.float32)
+    mask[..., 0] = value
+    if mask[0, 0, 0] in (0.0, 1.0):  # rounded to 0 or 1 in float32: a valid mask
+        return
+    with pytest.raises(ValueError, match="masks are boolean"):
+        scaled_dot_product_attention(Q, K, V, mask=mask)
