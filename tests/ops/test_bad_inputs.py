@@ -455,12 +455,10 @@ def test_masked_softmax_names_both_shapes_for_any_mask_that_does_not_broadcast(s
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.floats(allow_nan=True, allow_infinity=True).filter(
+@given(st.floats(width=32, allow_nan=True, allow_infinity=True).filter(
     lambda x: x not in (0.0, 1.0)))
 def test_any_mask_value_other_than_0_and_1_is_refused(value):
     mask = np.ones([B, 1, L], np.float32)
     mask[..., 0] = value
-    if mask[0, 0, 0] in (0.0, 1.0):  # rounded to 0 or 1 in float32: a valid mask
-        return
     with pytest.raises(ValueError, match="masks are boolean"):
         scaled_dot_product_attention(Q, K, V, mask=mask)
