@@ -23,6 +23,7 @@ Chunk sizes, padding and per-block masks are `chunk_plan.ChunkPlan`'s.
 import numpy as np
 import tensorflow as tf
 
+from attnlab.ops.checks import check_int_arg, checked_numerics
 from attnlab.ops.chunk_plan import (
     ChunkPlan,
     chunk,
@@ -34,7 +35,8 @@ from attnlab.ops.chunk_plan import (
     with_ones_column,
 )
 from attnlab.ops.full import EXP_ROW_SUM_LIMIT, NORMALIZATIONS
-from attnlab.ops.masked_softmax import mask_value, softmax_dtype
+from attnlab.ops.masked_softmax import mask_value, score_matmul, softmax_dtype
+from attnlab.ops.masks import check_bool_arg
 from attnlab.ops.scaled_dot_product import resolve_scale
 from attnlab.ops.score_bias import reduce_to_shape_of
 from attnlab.ops.shapes import blockwise_inputs
@@ -44,7 +46,8 @@ from attnlab.validation import check_choice, check_positive_int
 # ------------------------------------------------------------------ one block
 def _block_scores(query, key, keep, acc_dtype, bias=None):
     """q k^T (+ the block's bias) of one block, masked scores replaced by the mask value."""
-    scores = tf.cast(tf.matmul(query, key, transpose_b=True), acc_dtype)
+    # float16 blocks are multiplied in float32: |q . k| > 65504 must not overflow.
+    scores = tf.cast(score_matmul(query, key), acc_dtype)
     if bias is not None:
         scores = scores + bias
     if keep is not None:
@@ -474,7 +477,8 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
 
     Returns:
         (..., T, dv) with the dtype of `query`. Query rows with no visible key are zero.
-        Half-precision inputs keep their running sums in float32.
+        Half-precision inputs keep their running sums in float32, and float16 score blocks
+        are multiplied in float32 (no overflow beyond 65504).
 
     Example:
         >>> q = tf.random.normal([2, 4, 100, 8])
@@ -484,6 +488,12 @@ def chunked_attention(query, key, value, mask=None, causal=False, scale=None,
     """
     query, key, value, mask, bias = blockwise_inputs(
         "chunked_attention", query, key, value, mask, bias, bias_in_softmax_dtype=True)
+    check_bool_arg("chunked_attention", "causal", causal)
+    if causal_offset is not None:
+        causal_offset = check_int_arg("chunked_attention", "causal_offset", causal_offset)
+    checked = checked_numerics("chunked_attention", query=query, key=key, value=value,
+                               bias=bias)
+    query, key, value, bias = (checked[n] for n in ("query", "key", "value", "bias"))
     plan = ChunkPlan(query, key, mask, causal, causal_offset,
                      check_positive_int("query_chunk_size", query_chunk_size),
                      check_positive_int("key_chunk_size", key_chunk_size), bias)

@@ -10,6 +10,7 @@ Which one a layer uses by default is decided in one place, `kernels.default_atte
 """
 import tensorflow as tf
 
+from attnlab.ops.checks import checked_numerics
 from attnlab.ops.masked_softmax import masked_softmax, softmax_dtype
 from attnlab.ops.scaled_dot_product import (
     resolve_mask,
@@ -49,6 +50,8 @@ def full_attention(query, key, value, mask=None, causal=False, scale=None, causa
     """
     query, key, value = check_query_key_value(query, key, value)
     check_choice("normalization", normalization, NORMALIZATIONS)
+    checked = checked_numerics("full_attention", query=query, key=key, value=value, bias=bias)
+    query, key, value, bias = (checked[n] for n in ("query", "key", "value", "bias"))
     query = scale_query(query, resolve_scale(scale, query))
     scores_shape = tf.TensorShape(None)
     if query.shape.rank is not None and key.shape.rank is not None:

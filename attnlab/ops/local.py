@@ -9,7 +9,9 @@ import numbers
 
 import tensorflow as tf
 
-from attnlab.ops.masked_softmax import masked_softmax
+from attnlab.ops.checks import checked_numerics
+from attnlab.ops.masked_softmax import masked_softmax, score_matmul
+from attnlab.ops.masks import check_bool_arg
 from attnlab.ops.scaled_dot_product import resolve_scale, scale_query
 from attnlab.ops.shapes import blockwise_inputs, static_or_dynamic_length
 from attnlab.validation import check_positive_int, shape_str
@@ -140,7 +142,8 @@ def local_attention(query, key, value, window, causal=False, mask=None, scale=No
         query: (..., L, d) floating tensor.
         key: (..., L, d); the same length as `query` (one sequence attending to itself).
         value: (..., L, dv).
-        window: positive int; how far (in positions) a query sees on each side.
+        window: positive int; how far (in positions) a query sees on each side. A window
+            of L or more (e.g. sys.maxsize) is full attention.
         causal: see only the `window` previous keys and the query's own position.
         mask: bool/0-1 mask, True = may attend. Accepted: a key padding mask broadcastable
             to (..., 1, L) (e.g. (B, 1, L) or (B, 1, 1, L); O(L) memory), or a full mask
@@ -154,17 +157,27 @@ def local_attention(query, key, value, window, causal=False, mask=None, scale=No
 
     Returns:
         (..., L, dv) with the dtype of `query`; rows with no visible key are zero.
+        float16 scores are computed in float32, as in `scaled_dot_product_attention`.
 
     Example:
         >>> x = tf.random.normal([2, 100, 16])
         >>> local_attention(x, x, x, window=8, causal=True).shape
         TensorShape([2, 100, 16])
     """
-    query, key, value, mask, bias = blockwise_inputs(
-        "local_attention", query, key, value, mask, bias, bias_in_softmax_dtype=False)
     window = _check_window(window)
+    check_bool_arg("local_attention", "causal", causal)
+    query, key, value, mask, bias = blockwise_inputs(
+        "local_attention", query, key, value, mask, bias, bias_in_softmax_dtype=True)
+    checked = checked_numerics("local_attention", query=query, key=key, value=value, bias=bias)
+    query, key, value, bias = (checked[n] for n in ("query", "key", "value", "bias"))
     query, length = _with_equal_lengths(query, key)
     query = scale_query(query, resolve_scale(scale, query))
+    # A window beyond the sequence sees all of it: clamp it to L (which also keeps a huge
+    # window, e.g. sys.maxsize, from wrapping around when cast to int32).
+    if isinstance(length, int):
+        window = min(window, length)
+    else:
+        window = tf.minimum(min(window, 2 ** 31 - 1), length)
     # Blocks of `window` positions (fewer when the whole sequence is shorter).
     block = min(window, length) if isinstance(length, int) else tf.minimum(window, length)
     num_blocks = (length + block - 1) // block
@@ -178,7 +191,7 @@ def local_attention(query, key, value, window, causal=False, mask=None, scale=No
     q_blocks = blocks(query)                                             # (..., n, b, d)
     k_context = _with_neighbours(blocks(key), causal, rank + 1)          # (..., n, c b, d)
     v_context = _with_neighbours(blocks(value), causal, rank + 1)        # (..., n, c b, dv)
-    scores = tf.matmul(q_blocks, k_context, transpose_b=True)            # (..., n, b, c b)
+    scores = score_matmul(q_blocks, k_context)  # (..., n, b, c b); float32 for float16
     if bias is not None:
         scores = scores + _blocked_mask(bias, length, num_blocks, block, padded, causal,
                                         context, rank)
@@ -187,7 +200,7 @@ def local_attention(query, key, value, window, causal=False, mask=None, scale=No
     if mask is not None:
         keep = tf.logical_and(
             keep, _blocked_mask(mask, length, num_blocks, block, padded, causal, context, rank))
-    weights = masked_softmax(scores, keep)
+    weights = tf.cast(masked_softmax(scores, keep), value.dtype)
     out = tf.matmul(weights, v_context)                                  # (..., n, b, dv)
     shape = tf.shape(out)
     out = tf.reshape(out, tf.concat([shape[:-3], [padded, shape[-1]]], axis=0))

@@ -4,9 +4,14 @@ Masks broadcast to the score shape (..., T, S): (T, S), (B, T, S), (B, 1, S) or
 (B, H, T, S). A rank-3 mask used with rank-4 scores (B, H, T, S) gets a head axis, as in
 tf.keras.layers.MultiHeadAttention.
 """
+import numpy as np
 import tensorflow as tf
 
+from attnlab.ops.checks import as_bool_mask, check_int_arg
 from attnlab.validation import shape_str
+
+__all__ = ["align_mask", "align_to_scores", "as_bool_mask", "band_mask", "causal_mask",
+           "combine_masks", "padding_mask"]
 
 
 def padding_mask(ids, pad_id=0):
@@ -29,6 +34,7 @@ def padding_mask(ids, pad_id=0):
     if ids.shape.rank is not None and ids.shape.rank != 2:
         raise ValueError("padding_mask expects ids of shape (batch, length), got %s"
                          % shape_str(ids))
+    pad_id = check_int_arg("padding_mask", "pad_id", pad_id)
     return tf.not_equal(ids, tf.cast(pad_id, ids.dtype))[:, tf.newaxis, :]
 
 
@@ -48,11 +54,8 @@ def causal_mask(query_length, key_length=None, offset=0):
         >>> causal_mask(2, 3, offset=1).numpy().astype(int).tolist()
         [[1, 1, 0], [1, 1, 1]]
     """
-    if key_length is None:
-        key_length = query_length
-    for name, n in (("query_length", query_length), ("key_length", key_length)):
-        if isinstance(n, int) and n < 0:
-            raise ValueError("causal_mask: %s must be >= 0, got %d" % (name, n))
+    query_length, key_length, offset = _check_lengths(
+        "causal_mask", query_length, key_length, offset)
     rows = tf.range(query_length)[:, tf.newaxis] + tf.cast(offset, tf.int32)
     cols = tf.range(key_length)[tf.newaxis, :]
     return cols <= rows
@@ -64,11 +67,23 @@ def band_mask(query_length, key_length=None, window=1, causal=False, offset=0):
     With `causal=True` only the `window` keys before the query and the query's own key
     are visible. This is the full-attention equivalent of `local_attention`.
 
+    Args:
+        query_length: T, an integer >= 0 (or an integer scalar tensor).
+        key_length: S (default T).
+        window: integer >= 0; 0 keeps only the diagonal.
+        causal: hide the keys after each query.
+        offset: absolute position of the first query (any integer).
+
     Returns:
         bool (T, S).
     """
-    if key_length is None:
-        key_length = query_length
+    query_length, key_length, offset = _check_lengths(
+        "band_mask", query_length, key_length, offset)
+    window = check_int_arg("band_mask", "window", window, at_least=0)
+    if isinstance(window, int):
+        # Every distance fits in int32: a larger window (e.g. sys.maxsize) must not wrap.
+        window = min(window, 2 ** 31 - 1)
+    check_bool_arg("band_mask", "causal", causal)
     rows = tf.range(query_length)[:, tf.newaxis] + tf.cast(offset, tf.int32)
     cols = tf.range(key_length)[tf.newaxis, :]
     distance = rows - cols
@@ -77,12 +92,23 @@ def band_mask(query_length, key_length=None, window=1, causal=False, offset=0):
     return tf.abs(distance) <= window
 
 
-def as_bool_mask(mask):
-    """A mask as a bool tensor: nonzero (or True) means may attend."""
-    mask = tf.convert_to_tensor(mask)
-    if mask.dtype == tf.bool:
-        return mask
-    return tf.not_equal(mask, tf.zeros([], mask.dtype))
+def _check_lengths(op_name, query_length, key_length, offset):
+    """Lengths (integers >= 0 or integer tensors, key_length defaulting to query_length)
+    and an integer offset, each refused with an error naming it."""
+    query_length = check_int_arg(op_name, "query_length", query_length, at_least=0)
+    key_length = query_length if key_length is None else \
+        check_int_arg(op_name, "key_length", key_length, at_least=0)
+    offset = check_int_arg(op_name, "offset", offset)
+    if isinstance(offset, int) and not -2 ** 31 <= offset < 2 ** 31:
+        raise ValueError("%s: offset must fit in int32, got %d" % (op_name, offset))
+    return query_length, key_length, offset
+
+
+def check_bool_arg(op_name, name, value):
+    """Raise TypeError unless `value` is a Python (or NumPy) bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError("%s: %s must be a bool, got %r" % (op_name, name, value))
+    return bool(value)
 
 
 def combine_masks(*masks):
@@ -134,6 +160,7 @@ def align_to_scores(x, scores_shape, what):
     rank = scores_shape.rank
     if x.shape.rank is None or rank is None:
         return x
+    given = shape_str(x)  # the caller's shape, named in errors before any axis is added
     if x.shape.rank == 2 and rank > 2:
         for _ in range(rank - 2):
             x = x[tf.newaxis]
@@ -146,7 +173,8 @@ def align_to_scores(x, scores_shape, what):
             % (what, shape_str(x), str(tuple(scores_shape.as_list()))))
     for m, s in zip(x.shape.as_list(), scores_shape.as_list()):
         if m is not None and s is not None and m not in (1, s):
+            aligned = "" if shape_str(x) == given else " (as %s)" % shape_str(x)
             raise ValueError(
-                "%s of shape %s does not broadcast to scores of shape %s"
-                % (what, shape_str(x), str(tuple(scores_shape.as_list()))))
+                "%s of shape %s%s does not broadcast to scores of shape %s"
+                % (what, given, aligned, str(tuple(scores_shape.as_list()))))
     return x

@@ -4,8 +4,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from attnlab.ops.masked_softmax import masked_softmax
-from attnlab.ops.masks import align_mask, causal_mask, combine_masks
+from attnlab.ops.checks import check_int_arg, check_scale, checked_numerics
+from attnlab.ops.masked_softmax import masked_softmax, score_matmul
+from attnlab.ops.masks import align_mask, causal_mask, check_bool_arg, combine_masks
 from attnlab.ops.score_bias import align_bias
 from attnlab.validation import check_query_key_value, check_rate, shape_str
 
@@ -17,6 +18,8 @@ def resolve_mask(mask, causal, scores_shape, query_length, key_length, causal_of
     `causal_offset` is given, so a block of new queries after cached keys sees the cache.
     """
     parts = []
+    if causal_offset is not None:
+        causal_offset = check_int_arg("attention", "causal_offset", causal_offset)
     if mask is not None:
         parts.append(align_mask(mask, scores_shape))
     if causal:
@@ -31,7 +34,9 @@ def default_scale(depth):
 
 
 def resolve_scale(scale, query):
-    """`scale`, or 1 / sqrt(d) for the query's depth d (a tensor when d is unknown)."""
+    """`scale`, or 1 / sqrt(d) for the query's depth d (a tensor when d is unknown); a NaN
+    or infinite scale raises ValueError naming `scale`."""
+    scale = check_scale(scale)
     if scale is not None:
         return scale
     depth = query.shape[-1]
@@ -100,6 +105,12 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
         (..., T, dv) output, and (..., T, S) weights when `return_weights`.
         Query rows with no visible key get zero output and zero weights.
 
+    float16 inputs: the scores q k^T are computed in float32 (`score_matmul`), so that
+    |q . k| beyond float16's 65504 stays finite instead of turning the softmax into NaN;
+    the weights are cast back to float16 before the product with `value`.
+    NaN or Inf in the inputs pass through as in TensorFlow, unless ATTNLAB_CHECK_NUMERICS=1
+    (see `attnlab.ops`).
+
     Example:
         >>> q = tf.random.normal([2, 5, 8]); kv = tf.random.normal([2, 7, 8])
         >>> scaled_dot_product_attention(q, kv, kv, causal=True).shape
@@ -107,13 +118,17 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
     """
     query, key, value = check_query_key_value(query, key, value)
     dropout_rate = check_rate("dropout_rate", dropout_rate)
+    check_bool_arg("scaled_dot_product_attention", "causal", causal)
     training = static_training(training)
+    checked = checked_numerics("scaled_dot_product_attention", query=query, key=key,
+                               value=value, bias=bias)
+    query, key, value, bias = (checked[n] for n in ("query", "key", "value", "bias"))
     query = scale_query(query, resolve_scale(scale, query))
-    scores = tf.matmul(query, key, transpose_b=True)
+    scores = score_matmul(query, key)  # float32 for float16 inputs (no overflow)
     if bias is not None:
         scores = scores + align_bias(bias, scores.shape, scores.dtype)
     mask = resolve_mask(mask, causal, scores.shape, tf.shape(query)[-2], tf.shape(key)[-2])
-    weights = masked_softmax(scores, mask)
+    weights = tf.cast(masked_softmax(scores, mask), value.dtype)
     output = tf.matmul(_dropout(weights, dropout_rate, training, seed), value)
     if return_weights:
         return output, weights

@@ -25,6 +25,8 @@ def blockwise_inputs(op_name, query, key, value, mask, bias, bias_in_softmax_dty
                          % (op_name, shape_str(query), shape_str(key), shape_str(value)))
     scores_shape = query.shape[:-1].concatenate(key.shape[-2:-1])
     if mask is not None:
+        # align_mask refuses values other than 0/1 (an additive mask), once, here at the
+        # op's boundary rather than in its loops.
         mask = align_mask(mask, scores_shape)
         if mask.shape.rank is None:
             raise ValueError("%s needs a mask of known rank, got %s" % (op_name, shape_str(mask)))
