@@ -5,6 +5,21 @@ import tempfile
 
 import tensorflow as tf
 
+# What restoring a damaged checkpoint raises: TensorFlow's errors (DataLossError,
+# NotFoundError...), IndexError for a data file cut short, ValueError / AssertionError for
+# objects that do not match, OSError from the file system.
+RESTORE_ERRORS = (tf.errors.OpError, AssertionError, IndexError, KeyError, ValueError,
+                  OSError)
+
+
+class CheckpointRestoreError(RuntimeError):
+    """Every checkpoint of a run failed to restore (the message names each and why)."""
+
+
+def _first_line(err):
+    text = (getattr(err, "message", None) or str(err)).strip()
+    return text.splitlines()[0] if text else "no message"
+
 
 class TrainingCheckpoints:
     """Saves and restores a tf.train.Checkpoint with a CheckpointManager.
@@ -41,11 +56,17 @@ class TrainingCheckpoints:
             os.makedirs(self.scratch, exist_ok=True)  # removed after each fit
         return self.manager.save(checkpoint_number=step)
 
-    def restore(self):
+    def restore(self, on_skip=None):
         """Restore the latest loadable checkpoint; returns its path or None.
 
-        A checkpoint that fails to load (a write cut short on a disk without atomic
-        renames) is passed over for the one before it.
+        A checkpoint that fails to load (a data file cut short or missing, a missing or
+        garbage index, flipped bytes) is passed over for the one before it.
+
+        Args:
+            on_skip: optional function (message) told about each checkpoint passed over.
+
+        Raises:
+            CheckpointRestoreError: there are checkpoints, but none could be restored.
         """
         directory = self.restore_from
         state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
@@ -55,12 +76,17 @@ class TrainingCheckpoints:
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
                 return path
-            except (tf.errors.OpError, AssertionError, ValueError, IndexError) as err:
+            except RESTORE_ERRORS as err:
                 # IndexError: a data file cut short ("Read less bytes than requested").
-                errors.append("%s: %s" % (path, err))
+                reason = "%s: %s" % (type(err).__name__, _first_line(err))
+                errors.append("%s (%s)" % (os.path.basename(path), reason))
+                if on_skip is not None:
+                    on_skip("skipped checkpoint %s, it cannot be restored (%s)"
+                            % (os.path.basename(path), reason))
         if errors:
-            raise RuntimeError("no checkpoint in %s could be restored:\n%s"
-                               % (directory, "\n".join(errors)))
+            raise CheckpointRestoreError(
+                "no checkpoint of %s could be restored; tried, newest first: %s"
+                % (directory, "; ".join(errors)))
         return None
 
     def remove_scratch(self):
