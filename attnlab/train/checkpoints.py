@@ -2,6 +2,7 @@
 import os
 import shutil
 import tempfile
+import time
 
 import tensorflow as tf
 
@@ -14,6 +15,20 @@ RESTORE_ERRORS = (tf.errors.OpError, AssertionError, IndexError, KeyError, Value
 
 class CheckpointRestoreError(RuntimeError):
     """Every checkpoint of a run failed to restore (the message names each and why)."""
+
+
+# Test hook: "STEP" holds the process right after checkpoint STEP is complete (index
+# written), with a file `paused-at-STEP` in the checkpoints folder, so that a test can
+# SIGKILL it at that exact moment (e.g. between the last checkpoint and metrics.json).
+PAUSE_ENV = "ATTNLAB_TEST_PAUSE_AFTER_CHECKPOINT"
+
+
+def _pause_if_asked(directory, step):
+    if os.environ.get(PAUSE_ENV, "") != str(step):
+        return
+    with open(os.path.join(directory, "paused-at-%d" % step), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
 
 
 def _first_line(err):
@@ -54,7 +69,9 @@ class TrainingCheckpoints:
         """Write checkpoint number `step`; returns its path."""
         if self.scratch:
             os.makedirs(self.scratch, exist_ok=True)  # removed after each fit
-        return self.manager.save(checkpoint_number=step)
+        path = self.manager.save(checkpoint_number=step)
+        _pause_if_asked(self.scratch or self.directory, step)
+        return path
 
     def restore(self, on_skip=None):
         """Restore the latest loadable checkpoint; returns its path or None.
