@@ -1,5 +1,6 @@
 """TrainingCheckpoints: the Trainer's exact-resume state in a run's checkpoints folder."""
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,6 +30,23 @@ def _pause_if_asked(directory, step):
     with open(os.path.join(directory, "paused-at-%d" % step), "w") as f:
         f.write(str(os.getpid()))
     time.sleep(600)
+
+
+def _checkpoint_paths(directory):
+    """The checkpoints of `directory`, oldest first, as its state file lists them; with that
+    file lost or garbage (TensorFlow then reports none), the ckpt-N files found."""
+    if not os.path.isdir(directory):
+        return []
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except ValueError:  # a state file without model_checkpoint_path
+        state = None
+    if state is not None and state.all_model_checkpoint_paths:
+        return list(state.all_model_checkpoint_paths)
+    # Else a resume would silently start over and overwrite the run.
+    numbers = sorted(int(m.group(1)) for m in (re.match(r"ckpt-(\d+)\.index$", name)
+                                               for name in os.listdir(directory)) if m)
+    return [os.path.join(directory, "ckpt-%d" % n) for n in numbers]
 
 
 def _first_line(err):
@@ -86,8 +104,7 @@ class TrainingCheckpoints:
             CheckpointRestoreError: there are checkpoints, but none could be restored.
         """
         directory = self.restore_from
-        state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
-        paths = list(state.all_model_checkpoint_paths) if state is not None else []
+        paths = _checkpoint_paths(directory)
         errors = []
         for path in reversed(paths):
             try:

@@ -298,3 +298,24 @@ def test_resume_of_a_complete_run_gives_the_last_epochs_logs_again(tmp_path):
         assert again[key] == [pytest.approx(values[-1], rel=1e-6)], key
     assert "training was already complete at step 6" in (tmp_path / "run" /
                                                           "train.log").read_text()
+
+
+@pytest.mark.parametrize("state", ["garbage", "missing"])
+def test_restore_finds_the_checkpoints_when_their_state_file_is_garbage_or_lost(tmp_path,
+                                                                              state):
+    """TensorFlow then reports no checkpoint: a resume must not start the run over."""
+    trainer = Trainer(_linear(), tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                      keep_checkpoints=3, verbose=0)
+    trainer.fit(_dataset(), epochs=2)
+    index = tmp_path / "run" / "checkpoints" / "checkpoint"
+    if state == "garbage":
+        index.write_bytes(b"\x00\x01 not a text proto {{")
+    else:
+        index.unlink()
+    _damage(trainer.manager.checkpoints[-1], "truncated-data")
+    fresh = Trainer(_linear(), tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                    verbose=0)
+    fresh._build(_dataset())
+    skipped = []
+    assert os.path.basename(fresh.restore(skipped.append)) == "ckpt-3"
+    assert int(fresh.step.numpy()) == 3 and len(skipped) == 1
