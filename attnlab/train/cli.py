@@ -170,11 +170,15 @@ def cmd_launch(args):
             message = "%s: %s" % (type(err).__name__, err)
             run.log("run failed: " + message)
             run.write_status("failed", error=message)
+        from attnlab.train.checkpoints import CheckpointRestoreError
         from attnlab.train.trainer import WorkerLostError
 
         if isinstance(err, WorkerLostError):
             print("attnlab launch: worker %d: %s" % (index, err), file=sys.stderr)
             return 3
+        if isinstance(err, CheckpointRestoreError):  # damaged files: no traceback
+            print("attnlab launch: worker %d: run %s: %s" % (index, name, err), file=sys.stderr)
+            return 1
         raise
     finally:
         if scratch:
