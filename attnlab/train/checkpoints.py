@@ -1,9 +1,57 @@
 """TrainingCheckpoints: the Trainer's exact-resume state in a run's checkpoints folder."""
 import os
+import re
 import shutil
 import tempfile
+import time
 
 import tensorflow as tf
+
+# What restoring a damaged checkpoint raises: TensorFlow's errors (DataLossError,
+# NotFoundError...), IndexError for a data file cut short, ValueError / AssertionError for
+# objects that do not match, OSError from the file system.
+RESTORE_ERRORS = (tf.errors.OpError, AssertionError, IndexError, KeyError, ValueError,
+                  OSError)
+
+
+class CheckpointRestoreError(RuntimeError):
+    """Every checkpoint of a run failed to restore (the message names each and why)."""
+
+
+# Test hook: "STEP" holds the process right after checkpoint STEP is complete (index
+# written), with a file `paused-at-STEP` in the checkpoints folder, so that a test can
+# SIGKILL it at that exact moment (e.g. between the last checkpoint and metrics.json).
+PAUSE_ENV = "ATTNLAB_TEST_PAUSE_AFTER_CHECKPOINT"
+
+
+def _pause_if_asked(directory, step):
+    if os.environ.get(PAUSE_ENV, "") != str(step):
+        return
+    with open(os.path.join(directory, "paused-at-%d" % step), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+
+
+def _checkpoint_paths(directory):
+    """The checkpoints of `directory`, oldest first, as its state file lists them; with that
+    file lost or garbage (TensorFlow then reports none), the ckpt-N files found."""
+    if not os.path.isdir(directory):
+        return []
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except ValueError:  # a state file without model_checkpoint_path
+        state = None
+    if state is not None and state.all_model_checkpoint_paths:
+        return list(state.all_model_checkpoint_paths)
+    # Else a resume would silently start over and overwrite the run.
+    numbers = sorted(int(m.group(1)) for m in (re.match(r"ckpt-(\d+)\.index$", name)
+                                               for name in os.listdir(directory)) if m)
+    return [os.path.join(directory, "ckpt-%d" % n) for n in numbers]
+
+
+def _first_line(err):
+    text = (getattr(err, "message", None) or str(err)).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 class TrainingCheckpoints:
@@ -39,28 +87,40 @@ class TrainingCheckpoints:
         """Write checkpoint number `step`; returns its path."""
         if self.scratch:
             os.makedirs(self.scratch, exist_ok=True)  # removed after each fit
-        return self.manager.save(checkpoint_number=step)
+        path = self.manager.save(checkpoint_number=step)
+        _pause_if_asked(self.scratch or self.directory, step)
+        return path
 
-    def restore(self):
+    def restore(self, on_skip=None):
         """Restore the latest loadable checkpoint; returns its path or None.
 
-        A checkpoint that fails to load (a write cut short on a disk without atomic
-        renames) is passed over for the one before it.
+        A checkpoint that fails to load (a data file cut short or missing, a missing or
+        garbage index, flipped bytes) is passed over for the one before it.
+
+        Args:
+            on_skip: optional function (message) told about each checkpoint passed over.
+
+        Raises:
+            CheckpointRestoreError: there are checkpoints, but none could be restored.
         """
         directory = self.restore_from
-        state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
-        paths = list(state.all_model_checkpoint_paths) if state is not None else []
+        paths = _checkpoint_paths(directory)
         errors = []
         for path in reversed(paths):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
                 return path
-            except (tf.errors.OpError, AssertionError, ValueError, IndexError) as err:
+            except RESTORE_ERRORS as err:
                 # IndexError: a data file cut short ("Read less bytes than requested").
-                errors.append("%s: %s" % (path, err))
+                reason = "%s: %s" % (type(err).__name__, _first_line(err))
+                errors.append("%s (%s)" % (os.path.basename(path), reason))
+                if on_skip is not None:
+                    on_skip("skipped checkpoint %s, it cannot be restored (%s)"
+                            % (os.path.basename(path), reason))
         if errors:
-            raise RuntimeError("no checkpoint in %s could be restored:\n%s"
-                               % (directory, "\n".join(errors)))
+            raise CheckpointRestoreError(
+                "no checkpoint of %s could be restored; tried, newest first: %s"
+                % (directory, "; ".join(errors)))
         return None
 
     def remove_scratch(self):

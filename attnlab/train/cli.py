@@ -58,6 +58,7 @@ def _state(status):
 
 
 def cmd_train(args):
+    from attnlab.train.checkpoints import CheckpointRestoreError
     from attnlab.train.runner import RunExistsError, prepare_run, run_training
 
     runs_dir = _runs_dir(args)
@@ -96,6 +97,10 @@ def cmd_train(args):
     verbose = 0 if os.environ.get("ATTNLAB_DETACHED") else None
     try:
         metrics = run_training(config, run, verbose=verbose)
+    except CheckpointRestoreError as err:
+        # Damaged files, not a bug: a message without traceback (the run log has details).
+        print("attnlab train: run %s: %s" % (name, err), file=sys.stderr)
+        return 1
     except BaseException as err:
         # Failures inside the training loop are recorded by the Trainer; this catches the
         # ones before and after it (building the task or model, final evaluation).
@@ -165,11 +170,15 @@ def cmd_launch(args):
             message = "%s: %s" % (type(err).__name__, err)
             run.log("run failed: " + message)
             run.write_status("failed", error=message)
+        from attnlab.train.checkpoints import CheckpointRestoreError
         from attnlab.train.trainer import WorkerLostError
 
         if isinstance(err, WorkerLostError):
             print("attnlab launch: worker %d: %s" % (index, err), file=sys.stderr)
             return 3
+        if isinstance(err, CheckpointRestoreError):  # damaged files: no traceback
+            print("attnlab launch: worker %d: run %s: %s" % (index, name, err), file=sys.stderr)
+            return 1
         raise
     finally:
         if scratch:

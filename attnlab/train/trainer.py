@@ -387,14 +387,15 @@ class Trainer:
         self._built = True
 
     # ----------------------------------------------------------------------------- state
-    def restore(self):
+    def restore(self, on_skip=None):
         """Restore the latest loadable checkpoint; returns its path or None.
 
-        A checkpoint that fails to load (a write cut short on a disk without atomic
-        renames) is passed over for the one before it. Every worker restores from the
-        chief's folder (`restore_from`; non-chief workers save into a scratch one).
+        A checkpoint that fails to load (a write cut short, a missing or damaged file) is
+        passed over for the one before it, and `on_skip(message)` is told why. Every
+        worker restores from the chief's folder (`restore_from`; non-chief workers save
+        into a scratch one). Raises CheckpointRestoreError when none loads.
         """
-        return self._checkpoints.restore() if self._checkpoints else None
+        return self._checkpoints.restore(on_skip) if self._checkpoints else None
 
     def _workers_sum(self, values):
         """Element-wise sum of `values` (numbers) over all workers: a collective op."""
@@ -486,7 +487,11 @@ class Trainer:
                 half second or so, a batch end with the step's loss.
 
         Returns:
-            History dict: metric name -> list of per-epoch values (epochs run in this call).
+            History dict: metric name -> list of per-epoch values (epochs run in this call;
+            for a run restored already complete, the last epoch's values, recomputed).
+
+        Raises:
+            CheckpointRestoreError: the run has checkpoints but none could be restored.
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
             raise ValueError("epochs must be a positive integer, got %r" % (epochs,))
@@ -500,12 +505,16 @@ class Trainer:
                             "skip_batches) -> Dataset, got %r" % (train,))
         if not self._built:
             self._build(train(0, 0))
-        restored = self.restore() if resume else None
         self.history = {}
-        if self.multi_worker and self._checkpoints is not None:
-            self._check_same_restore(restored)
+        # Observers first, so that a skipped checkpoint and a failed restore reach the run
+        # log and status.
         observers = self._observers(callbacks)
         try:
+            restored = self.restore(
+                lambda message: notify(observers, "on_run_message", message)) \
+                if resume else None
+            if self.multi_worker and self._checkpoints is not None:
+                self._check_same_restore(restored)
             self._fit_loop(train, epochs, validation, steps_per_epoch, restored, observers)
         except BaseException as err:
             lost = self._explain_peer_failure(err)
@@ -574,19 +583,31 @@ class Trainer:
                 self.save()
                 notify(observers, "on_train_end", None)
                 return
-            logs = self._results()
-            if validation is not None:
-                logs.update(self.evaluate(validation))
-            logs["learning_rate"] = self._learning_rate()
+            logs = self._epoch_logs(validation)
             self.epoch.assign(epoch + 1)
             self.batch_in_epoch.assign(0)
             for key, value in logs.items():
                 self.history.setdefault(key, []).append(value)
             self.save()
             notify(observers, "on_epoch_end", epoch, logs)
+        if not self.history and int(self.epoch.numpy()) > 0:
+            # Restored after the last epoch (a kill before the caller wrote its final
+            # metrics): give the last epoch's logs again, as an uninterrupted run would.
+            self.history = {k: [v] for k, v in self._epoch_logs(validation).items()}
+            notify(observers, "on_run_message", "training was already complete at step %d; "
+                   "final epoch metrics recomputed" % int(self.step.numpy()))
         self.completed = True
         self.model.stop_training = False  # a request after the last step changes nothing
         notify(observers, "on_train_end", None)
+
+    def _epoch_logs(self, validation):
+        """The logs of the epoch just trained (or restored: a checkpoint holds the train
+        metrics as they were at the epoch end, and validation is evaluated again)."""
+        logs = self._results()
+        if validation is not None:
+            logs.update(self.evaluate(validation))
+        logs["learning_rate"] = self._learning_rate()
+        return logs
 
     def _set_params(self, observers, epochs, steps):
         for observer in observers:

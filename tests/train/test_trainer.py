@@ -234,3 +234,88 @@ def test_restore_skips_a_corrupt_latest_checkpoint(tmp_path):
     fresh._build(_dataset())
     assert os.path.basename(fresh.restore()) == "ckpt-3"
     assert int(fresh.step.numpy()) == 3 and int(fresh.epoch.numpy()) == 1
+
+
+def _damage(path, how):
+    if how == "truncated-data":
+        with open(path + ".data-00000-of-00001", "r+b") as f:
+            f.truncate(7)
+    elif how == "missing-data":
+        os.remove(path + ".data-00000-of-00001")
+    else:
+        os.remove(path + ".index")
+
+
+@pytest.mark.parametrize("how", ["truncated-data", "missing-data", "missing-index"])
+def test_restore_skips_a_newest_checkpoint_cut_short_or_missing_and_says_why(tmp_path, how):
+    trainer = Trainer(_linear(), tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                      keep_checkpoints=3, verbose=0)
+    trainer.fit(_dataset(), epochs=2)
+    _damage(trainer.manager.checkpoints[-1], how)
+    fresh = Trainer(_linear(), tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                    verbose=0)
+    fresh._build(_dataset())
+    skipped = []
+    assert os.path.basename(fresh.restore(skipped.append)) == "ckpt-3"
+    assert int(fresh.step.numpy()) == 3
+    assert len(skipped) == 1 and skipped[0].startswith("skipped checkpoint ckpt-6, it cannot "
+                                                       "be restored ("), skipped
+
+
+def test_no_restorable_checkpoint_raises_one_error_naming_each(tmp_path):
+    from attnlab.train.checkpoints import CheckpointRestoreError
+
+    trainer = Trainer(_linear(), tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                      keep_checkpoints=3, verbose=0)
+    trainer.fit(_dataset(), epochs=2)
+    for path, how in zip(trainer.manager.checkpoints, ["truncated-data", "missing-index"]):
+        _damage(path, how)
+    fresh = Trainer(_linear(), tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                    verbose=0)
+    with pytest.raises(CheckpointRestoreError, match=r"no checkpoint of .*run.checkpoints could "
+                                                     r"be restored; tried, newest first: "
+                                                     r"ckpt-6 \(.*\); ckpt-3 \("):
+        fresh.fit(_dataset(), epochs=2)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("skipped checkpoint") == 2 and "CheckpointRestoreError" in log
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "failed"
+
+
+def test_resume_of_a_complete_run_gives_the_last_epochs_logs_again(tmp_path):
+    """A kill after the last checkpoint but before the caller used the logs loses nothing."""
+    validation = _dataset(X[:16], Y[:16])
+    trainer = Trainer(_linear(), tf.keras.optimizers.Adam(0.05), "mse", metrics=["mae"],
+                      run_dir=tmp_path / "run", verbose=0)
+    history = trainer.fit(_dataset(), epochs=2, validation=validation)
+    fresh = Trainer(_linear(), tf.keras.optimizers.Adam(0.05), "mse", metrics=["mae"],
+                    run_dir=tmp_path / "run", verbose=0)
+    again = fresh.fit(_dataset(), epochs=2, validation=validation)
+    assert fresh.completed and int(fresh.step.numpy()) == 6
+    assert sorted(again) == sorted(history) == ["learning_rate", "loss", "mae", "val_loss",
+                                                "val_mae"]
+    for key, values in history.items():
+        assert again[key] == [pytest.approx(values[-1], rel=1e-6)], key
+    assert "training was already complete at step 6" in (tmp_path / "run" /
+                                                          "train.log").read_text()
+
+
+@pytest.mark.parametrize("state", ["garbage", "missing"])
+def test_restore_finds_the_checkpoints_when_their_state_file_is_garbage_or_lost(tmp_path,
+                                                                              state):
+    """TensorFlow then reports no checkpoint: a resume must not start the run over."""
+    trainer = Trainer(_linear(), tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                      keep_checkpoints=3, verbose=0)
+    trainer.fit(_dataset(), epochs=2)
+    index = tmp_path / "run" / "checkpoints" / "checkpoint"
+    if state == "garbage":
+        index.write_bytes(b"\x00\x01 not a text proto {{")
+    else:
+        index.unlink()
+    _damage(trainer.manager.checkpoints[-1], "truncated-data")
+    fresh = Trainer(_linear(), tf.keras.optimizers.SGD(0.1), "mse", run_dir=tmp_path / "run",
+                    verbose=0)
+    fresh._build(_dataset())
+    skipped = []
+    assert os.path.basename(fresh.restore(skipped.append)) == "ckpt-3"
+    assert int(fresh.step.numpy()) == 3 and len(skipped) == 1
