@@ -192,8 +192,9 @@ def save_attention_snapshot(run_dir, step, epoch, weights, query_tokens=None,
     path = atomic_write_bytes(os.path.join(folder, filename), buffer.getvalue())
 
     index = _read_index(folder)
-    entries = [e for e in index["snapshots"]
-               if not isinstance(e, dict) or e.get("step") != snapshot.step]
+    # Malformed entries (no integer step) cannot be loaded anyway: dropped, not sorted.
+    entries = [e for e in index["snapshots"] if isinstance(e, dict) and
+               isinstance(e.get("step"), int) and e["step"] != snapshot.step]
     entries.append({"step": snapshot.step, "epoch": snapshot.epoch, "file": filename,
                     "layers": collections.OrderedDict(
                         (n, list(snapshot.weights[n].shape)) for n in names)})
@@ -235,6 +236,18 @@ def load_attention_snapshots(run_dir):
     return sorted(snapshots, key=lambda s: s.step)
 
 
+def _read_npz(path, f, entry):
+    with np.load(f, allow_pickle=False) as data:
+        needed = ["layer_%d" % i for i in range(len(entry["layers"]))] + \
+            ["query_tokens", "key_tokens"]
+        missing = [n for n in needed if n not in data.files]
+        if missing:
+            raise SnapshotError("%s is damaged: arrays %s missing" % (path, missing))
+        weights = collections.OrderedDict(
+            (name, data["layer_%d" % i]) for i, name in enumerate(entry["layers"]))
+        return weights, data["query_tokens"].tolist(), data["key_tokens"].tolist()
+
+
 def _load_entry(folder, entry):
     """One index entry's AttentionSnapshot; SnapshotError names the file and the problem."""
     index_path = os.path.join(folder, INDEX)
@@ -249,21 +262,15 @@ def _load_entry(folder, entry):
     if not os.path.exists(path):
         raise SnapshotError("%s is missing (listed in %s)" % (path, INDEX))
     try:
+        # Our own file object: np.load leaks its handle when the zip is unreadable.
         with open(path, "rb") as f:
             head = f.read(4)
-        if head[:2] != b"PK":
-            # Without this numpy would try the bytes as a pickle and say so.
-            raise SnapshotError("%s is damaged: not a .npz (zip) archive (%d bytes, starts %r)"
-                                % (path, os.path.getsize(path), head))
-        with np.load(path, allow_pickle=False) as data:
-            needed = ["layer_%d" % i for i in range(len(entry["layers"]))] + \
-                ["query_tokens", "key_tokens"]
-            missing = [n for n in needed if n not in data.files]
-            if missing:
-                raise SnapshotError("%s is damaged: arrays %s missing" % (path, missing))
-            weights = collections.OrderedDict(
-                (name, data["layer_%d" % i]) for i, name in enumerate(entry["layers"]))
-            query, key = data["query_tokens"].tolist(), data["key_tokens"].tolist()
+            if head[:2] != b"PK":
+                # Without this numpy would try the bytes as a pickle and say so.
+                raise SnapshotError("%s is damaged: not a .npz (zip) archive (%d bytes, "
+                                    "starts %r)" % (path, os.path.getsize(path), head))
+            f.seek(0)
+            weights, query, key = _read_npz(path, f, entry)
     except SnapshotError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as err:
