@@ -89,6 +89,11 @@ def cmd_train(args):
     name = _default_name(args)
     if args.resume:
         path = os.path.join(runs_dir, name)
+        if not os.path.isdir(path):
+            # Before the config is built: nothing to resume is the whole answer.
+            print("attnlab train: cannot resume run %r: no run folder %s" % (name, path),
+                  file=sys.stderr)
+            return 1
         config = load_config(os.path.join(path, "config.yaml")) if os.path.exists(
             os.path.join(path, "config.yaml")) else load_config(args.config)
         status = read_status(path) or {}
@@ -276,7 +281,13 @@ def cmd_logs(args):
                 sys.stdout.flush()
         if not args.follow:
             return 0
-        status = read_status(path) or {}
+        status, problem = load_status(path)
+        if problem:
+            # A damaged status never reaches a final state: following would never end.
+            print("attnlab logs: run %r: %s; not following" % (args.name, problem),
+                  file=sys.stderr)
+            return 1
+        status = status or {}
         if _state(status) in ("finished", "failed", "stopped", "died") and \
                 os.path.exists(log) and os.path.getsize(log) == position:
             print("[run %s: %s]" % (args.name, _state(status)))
@@ -341,8 +352,15 @@ def cmd_export(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block is behind --help, not in every error."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
+
+
 def parser():
-    p = argparse.ArgumentParser(prog="attnlab", description=__doc__.split("\n")[0])
+    p = _Parser(prog="attnlab", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a config into runs/NAME")
     t.add_argument("config", help="YAML config (see configs/)")
@@ -407,6 +425,8 @@ def parser():
 def cmd_doctor(args):
     from attnlab import doctor
 
+    if args.checkout is not None and not os.path.isdir(args.checkout):
+        raise UsageError("--checkout: %s is not a folder" % args.checkout)
     try:
         return doctor.main(checkout=args.checkout)
     except ValueError as err:
