@@ -53,8 +53,13 @@ def _default_name(args):
                      else os.path.splitext(os.path.basename(args.config))[0])
 
 
+def _valid_pid(pid):
+    # 0 and negative pids address process groups in os.kill: never take them from a file.
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+
+
 def _pid_alive(pid):
-    if not pid:
+    if not _valid_pid(pid):
         return False
     try:
         os.kill(int(pid), 0)
@@ -307,7 +312,7 @@ def cmd_stop(args):
         print("attnlab stop: no run named %r" % args.name, file=sys.stderr)
         return 1
     pid = status.get("pid")
-    if _state(status) == "running" and not (isinstance(pid, int) and pid > 0):
+    if status.get("state") == "running" and not _valid_pid(pid):
         print("attnlab stop: run %r: status.json has no valid pid (%r)" % (args.name, pid),
               file=sys.stderr)
         return 1

@@ -108,12 +108,24 @@ def test_runs_dir_that_is_a_file(tmp_path):
     assert afile.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "-dash", "x" * 200])
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "with space", "", "x" * 200])
 def test_bad_run_names(tmp_path, runs, name):
     config = _config(tmp_path, TINY)
     for verb in (["train", config, "--name", name], ["logs", name], ["stop", name]):
         _one_clear_line(_cli(*(verb + ["--runs-dir", runs])), "bad run name", code=2)
     assert not runs.exists() and not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train"], "the following arguments are required: config"),
+    (["stop", "r", "--timeout", "soon"], "invalid float value: 'soon'"),
+    (["kubernetes", "c.yaml", "--workers", "two", "--image", "x"], "invalid int value"),
+    (["export", "r", "out", "--max-length", "1.5"], "invalid int value"),
+    (["fly"], "invalid choice: 'fly'"),
+    (["train", "c.yaml", "--name"], "expected one argument"),
+])
+def test_argument_errors_are_one_line(args, needle):
+    _one_clear_line(_cli(*args), needle, "--help", code=2)
 
 
 def test_verbs_on_a_missing_run(tmp_path, runs):
