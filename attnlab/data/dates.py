@@ -3,7 +3,7 @@ import datetime
 
 import numpy as np
 
-from attnlab.data.task import SPLITS, Task, split_counts
+from attnlab.data.task import SPLITS, Task, check_seed, split_counts
 from attnlab.data.vocab import Vocabulary, pad_batch
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
@@ -88,11 +88,18 @@ def make_dates(seed=0, n_train=20000, n_val=1000, n_test=1000, formats=None):
         >>> task.meta["test"]["source_text"][0], task.meta["test"]["target_text"][0]
         ('19.06.2035', '2035-06-19')
     """
+    check_seed(seed)
     counts = split_counts(n_train, n_val, n_test)
+    if isinstance(formats, str) or not (formats is None or isinstance(formats, (list, tuple))):
+        # A single name would be read as its characters.
+        raise ValueError("formats must be a list of format names (from %s), got %r"
+                         % (sorted(FORMATS), formats))
     formats = sorted(FORMATS) if formats is None else list(formats)
+    if not formats:
+        raise ValueError("formats must name at least one format, got an empty list")
     for fmt in formats:
-        if fmt not in FORMATS:
-            raise ValueError("unknown date format %r, expected one of %s"
+        if not isinstance(fmt, str) or fmt not in FORMATS:
+            raise ValueError("formats: unknown date format %r, expected one of %s"
                              % (fmt, sorted(FORMATS)))
     total_days = (LAST_DATE - FIRST_DATE).days + 1
     if sum(counts.values()) > total_days:

@@ -1,7 +1,7 @@
 """scikit-learn's bundled 8x8 digits images: a small real data set, offline."""
 import numpy as np
 
-from attnlab.data.task import Task
+from attnlab.data.task import Task, check_seed
 
 
 def make_digits(seed=0, val_fraction=0.1, test_fraction=0.2):
@@ -17,8 +17,11 @@ def make_digits(seed=0, val_fraction=0.1, test_fraction=0.2):
         Task of kind "image_classification": x = float32 images (N, 8, 8, 1) in [0, 1],
         y = labels (N,) in 0..9.
     """
+    check_seed(seed)
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < float(value) < 1.0:
+        # NaN (compares false), strings and bools are refused too, by name.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not 0.0 < value < 1.0:
             raise ValueError("%s must be in (0, 1), got %r" % (name, value))
     if val_fraction + test_fraction >= 1.0:
         raise ValueError("val_fraction + test_fraction must be < 1, got %r"

@@ -1,7 +1,7 @@
 """Document classification where one key sentence decides the label (for hierarchical attention)."""
 import numpy as np
 
-from attnlab.data.task import SPLITS, Task, split_counts
+from attnlab.data.task import SPLITS, Task, check_seed, split_counts
 from attnlab.data.vocab import Vocabulary
 from attnlab.validation import check_non_negative_int, check_positive_int
 
@@ -37,6 +37,7 @@ def make_documents(seed=0, n_train=4000, n_val=500, n_test=500, num_classes=4, n
         >>> task.arrays("train")[0].shape
         (64, 6, 8)
     """
+    check_seed(seed)
     counts = split_counts(n_train, n_val, n_test)
     for name, value in (("num_classes", num_classes), ("num_filler", num_filler),
                         ("min_sentences", min_sentences), ("max_sentences", max_sentences),

@@ -2,7 +2,7 @@
 import numpy as np
 
 from attnlab.data.dates import seq2seq_arrays
-from attnlab.data.task import SPLITS, Task, split_counts
+from attnlab.data.task import SPLITS, Task, check_seed, split_counts
 from attnlab.data.vocab import Vocabulary
 from attnlab.validation import check_choice, check_positive_int
 
@@ -32,6 +32,7 @@ def make_sequence_task(operation, seed=0, n_train=10000, n_val=500, n_test=500,
         targets (N, max_length + 1).
     """
     check_choice("operation", operation, sorted(OPERATIONS))
+    check_seed(seed)
     counts = split_counts(n_train, n_val, n_test)
     for name, value in (("num_symbols", num_symbols), ("min_length", min_length),
                         ("max_length", max_length)):

@@ -94,6 +94,16 @@ class Task:
         return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
+def check_seed(seed):
+    """Raise ValueError unless `seed` is an integer >= 0 (NumPy's generators refuse others,
+    with a message that does not name the argument)."""
+    if isinstance(seed, np.integer):
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError("seed must be an integer >= 0, got %r" % (seed,))
+    return seed
+
+
 def split_counts(n_train, n_val, n_test):
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         check_positive_int(name, n)

@@ -1,7 +1,7 @@
 """Trigger-token classification: the label is set by a few key tokens among filler."""
 import numpy as np
 
-from attnlab.data.task import SPLITS, Task, split_counts
+from attnlab.data.task import SPLITS, Task, check_seed, split_counts
 from attnlab.data.vocab import Vocabulary, pad_batch
 from attnlab.validation import check_positive_int
 
@@ -25,6 +25,7 @@ def make_trigger(seed=0, n_train=4000, n_val=500, n_test=500, num_classes=4,
         Task of kind "classification": x = token ids (N, max_length), y = labels (N,);
         meta[split]["trigger_mask"] is a bool (N, max_length) array, True on triggers.
     """
+    check_seed(seed)
     counts = split_counts(n_train, n_val, n_test)
     for name, value in (("num_classes", num_classes), ("num_filler", num_filler),
                         ("min_length", min_length), ("max_length", max_length),

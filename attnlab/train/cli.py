@@ -13,6 +13,7 @@ The runs folder is ./runs unless --runs-dir or $ATTNLAB_RUNS_DIR says otherwise.
 """
 import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,15 +22,44 @@ import time
 
 from attnlab.train.config import ConfigError, load_config
 from attnlab.train.process_exit import run_and_exit
-from attnlab.train.run_dir import read_status
+from attnlab.train.run_dir import load_status, read_status
+
+# A run name is one folder under the runs folder: no separators, no "..", no hidden files.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class UsageError(Exception):
+    """A bad argument on the command line: main prints it as one line, exit status 2."""
 
 
 def _runs_dir(args):
-    return os.path.abspath(args.runs_dir or os.environ.get("ATTNLAB_RUNS_DIR") or "runs")
+    path = os.path.abspath(args.runs_dir or os.environ.get("ATTNLAB_RUNS_DIR") or "runs")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError("runs folder %s is a file, expected a folder (--runs-dir or "
+                         "$ATTNLAB_RUNS_DIR)" % path)
+    return path
+
+
+def _run_name(name):
+    """`name` when it is a valid run name (one folder under the runs folder)."""
+    if not NAME.match(name):
+        raise UsageError("bad run name %r: use letters, digits, '.', '_' and '-', starting "
+                         "with a letter or digit (at most 128 characters)" % name)
+    return name
+
+
+def _default_name(args):
+    return _run_name(args.name if args.name is not None
+                     else os.path.splitext(os.path.basename(args.config))[0])
+
+
+def _valid_pid(pid):
+    # 0 and negative pids address process groups in os.kill: never take them from a file.
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
 
 
 def _pid_alive(pid):
-    if not pid:
+    if not _valid_pid(pid):
         return False
     try:
         os.kill(int(pid), 0)
@@ -59,12 +89,17 @@ def _state(status):
 
 def cmd_train(args):
     from attnlab.train.checkpoints import CheckpointRestoreError
-    from attnlab.train.runner import RunExistsError, prepare_run, run_training
+    from attnlab.train.runner import RunExistsError, check_buildable, prepare_run, run_training
 
     runs_dir = _runs_dir(args)
-    name = args.name or os.path.splitext(os.path.basename(args.config))[0]
+    name = _default_name(args)
     if args.resume:
         path = os.path.join(runs_dir, name)
+        if not os.path.isdir(path):
+            # Before the config is built: nothing to resume is the whole answer.
+            print("attnlab train: cannot resume run %r: no run folder %s" % (name, path),
+                  file=sys.stderr)
+            return 1
         config = load_config(os.path.join(path, "config.yaml")) if os.path.exists(
             os.path.join(path, "config.yaml")) else load_config(args.config)
         status = read_status(path) or {}
@@ -74,6 +109,9 @@ def cmd_train(args):
             return 1
     else:
         config = load_config(args.config)  # fails here, before anything is created
+    # Task and model are built once before the run folder exists: a config they refuse
+    # leaves nothing behind (a multi-worker strategy must start TensorFlow itself first).
+    task = check_buildable(config, model=config["train"]["distribute"] != "multi_worker")
     try:
         run = prepare_run(config, runs_dir, name, resume=args.resume)
     except (RunExistsError, FileNotFoundError) as err:
@@ -96,7 +134,7 @@ def cmd_train(args):
     run.write_status("running", pid=os.getpid())
     verbose = 0 if os.environ.get("ATTNLAB_DETACHED") else None
     try:
-        metrics = run_training(config, run, verbose=verbose)
+        metrics = run_training(config, run, verbose=verbose, task=task)
     except CheckpointRestoreError as err:
         # Damaged files, not a bug: a message without traceback (the run log has details).
         print("attnlab train: run %s: %s" % (name, err), file=sys.stderr)
@@ -129,10 +167,10 @@ def cmd_launch(args):
         print("attnlab launch: %s" % err, file=sys.stderr)
         return 2
     from attnlab.train.run_dir import RunDir
-    from attnlab.train.runner import prepare_run, run_training
+    from attnlab.train.runner import check_buildable, prepare_run, run_training
 
     runs_dir = _runs_dir(args)
-    name = args.name or os.path.splitext(os.path.basename(args.config))[0]
+    name = _default_name(args)
     path = os.path.join(runs_dir, name)
     chief = index == 0
     # Relaunching the same command resumes: the chief reuses the run's resolved config.
@@ -142,6 +180,9 @@ def cmd_launch(args):
     if args.collective_timeout is not None:
         config["train"]["collective_timeout"] = args.collective_timeout or None
     os.environ["TF_CONFIG"] = launch.tf_config(workers, index)
+    # The task's arguments are checked before the run folder exists; the model is not built
+    # here: TensorFlow may not start before the multi-worker strategy.
+    check_buildable(config, model=False)
     scratch = None
     if chief:
         status = read_status(path) or {}
@@ -212,10 +253,15 @@ def cmd_runs(args):
     names = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
     rows = []
     for name in names:
-        status = read_status(os.path.join(runs_dir, name))
+        status, problem = load_status(os.path.join(runs_dir, name))
+        if problem:
+            # One damaged run must not hide the others: list it with what is wrong.
+            rows.append((name, "damaged", "", "", problem))
+            continue
         if status is None:
             continue
-        metrics = status.get("metrics") or {}
+        metrics = status.get("metrics")
+        metrics = metrics if isinstance(metrics, dict) else {}
         shown = " ".join("%s=%.4g" % (k, v) for k, v in metrics.items()
                          if isinstance(v, (int, float)) and k != "learning_rate")
         rows.append((name, _state(status), str(status.get("epoch", "")),
@@ -231,7 +277,7 @@ def cmd_runs(args):
 
 
 def cmd_logs(args):
-    path = os.path.join(_runs_dir(args), args.name)
+    path = os.path.join(_runs_dir(args), _run_name(args.name))
     log = os.path.join(path, "train.log")
     if not os.path.isdir(path):
         print("attnlab logs: no run named %r in %s" % (args.name, _runs_dir(args)),
@@ -240,7 +286,7 @@ def cmd_logs(args):
     position = 0
     while True:
         if os.path.exists(log):
-            with open(log, encoding="utf-8") as f:
+            with open(log, encoding="utf-8", errors="replace") as f:
                 f.seek(position)
                 chunk = f.read()
                 position = f.tell()
@@ -249,7 +295,13 @@ def cmd_logs(args):
                 sys.stdout.flush()
         if not args.follow:
             return 0
-        status = read_status(path) or {}
+        status, problem = load_status(path)
+        if problem:
+            # A damaged status never reaches a final state: following would never end.
+            print("attnlab logs: run %r: %s; not following" % (args.name, problem),
+                  file=sys.stderr)
+            return 1
+        status = status or {}
         if _state(status) in ("finished", "failed", "stopped", "died") and \
                 os.path.exists(log) and os.path.getsize(log) == position:
             print("[run %s: %s]" % (args.name, _state(status)))
@@ -258,12 +310,21 @@ def cmd_logs(args):
 
 
 def cmd_stop(args):
-    path = os.path.join(_runs_dir(args), args.name)
-    status = read_status(path)
+    if not (args.timeout >= 0 and args.timeout != float("inf")):  # NaN fails too
+        raise UsageError("--timeout: expected a number of seconds >= 0, got %r" % args.timeout)
+    path = os.path.join(_runs_dir(args), _run_name(args.name))
+    status, problem = load_status(path)
+    if problem:
+        print("attnlab stop: run %r: %s" % (args.name, problem), file=sys.stderr)
+        return 1
     if status is None:
         print("attnlab stop: no run named %r" % args.name, file=sys.stderr)
         return 1
     pid = status.get("pid")
+    if status.get("state") == "running" and not _valid_pid(pid):
+        print("attnlab stop: run %r: status.json has no valid pid (%r)" % (args.name, pid),
+              file=sys.stderr)
+        return 1
     if _state(status) != "running":
         print("run %s is not running (%s)" % (args.name, _state(status)))
         return 0
@@ -305,8 +366,15 @@ def cmd_export(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block is behind --help, not in every error."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
+
+
 def parser():
-    p = argparse.ArgumentParser(prog="attnlab", description=__doc__.split("\n")[0])
+    p = _Parser(prog="attnlab", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a config into runs/NAME")
     t.add_argument("config", help="YAML config (see configs/)")
@@ -371,6 +439,8 @@ def parser():
 def cmd_doctor(args):
     from attnlab import doctor
 
+    if args.checkout is not None and not os.path.isdir(args.checkout):
+        raise UsageError("--checkout: %s is not a folder" % args.checkout)
     try:
         return doctor.main(checkout=args.checkout)
     except ValueError as err:
@@ -388,6 +458,13 @@ def main(argv=None):
         return commands[args.command](args)
     except ConfigError as err:
         print("attnlab: bad config: %s" % err, file=sys.stderr)
+        return 2
+    except UsageError as err:
+        print("attnlab %s: %s" % (args.command, err), file=sys.stderr)
+        return 2
+    except (NotADirectoryError, PermissionError) as err:
+        # The runs folder (or a run in it) cannot be written: a setup problem, not a bug.
+        print("attnlab %s: %s" % (args.command, err), file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,8 @@ Every error names the offending key, e.g. "train.epochs: expected int, got str '
 """
 import copy
 import inspect
+import math
+import os
 
 NUMBER = (int, float)
 
@@ -80,12 +82,25 @@ def _type_name(types):
     return " or ".join(dict.fromkeys("number" if n == "float" else n for n in names))
 
 
+def _check_finite(key, value):
+    """Refuse NaN and infinities anywhere (YAML's .nan / .inf), nested values included."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError("%s: expected a finite number, got %r" % (key, value))
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite("%s.%s" % (key, k), v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite("%s[%d]" % (key, i), v)
+
+
 def _check_value(key, value, types, allowed):
     types = types if isinstance(types, tuple) else (types,)
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
         raise ConfigError("%s: expected %s, got %s %r"
                           % (key, _type_name(types), type(value).__name__, value))
+    _check_finite(key, value)
     if allowed is not None and value not in allowed:
         raise ConfigError("%s: expected one of %s, got %r" % (key, list(allowed), value))
     if isinstance(value, NUMBER) and not isinstance(value, bool) and value is not None and \
@@ -98,7 +113,7 @@ def _check_value(key, value, types, allowed):
 def _check_section(name, section, schema):
     if not isinstance(section, dict):
         raise ConfigError("%s: expected a mapping, got %s" % (name, type(section).__name__))
-    unknown = sorted(set(section) - set(schema))
+    unknown = sorted(set(section) - set(schema), key=str)  # YAML keys may be numbers
     if unknown:
         raise ConfigError("%s.%s: unknown key (known: %s)"
                           % (name, unknown[0], ", ".join(sorted(schema))))
@@ -140,7 +155,7 @@ def _check_builder_section(section_name, section, registry):
         raise ConfigError("%s.name: missing (one of %s)" % (section_name, ", ".join(
             sorted(registry))))
     name = section["name"]
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ConfigError("%s.name: unknown %s %r (one of %s)"
                           % (section_name, section_name, name, ", ".join(sorted(registry))))
     builder = registry[name]
@@ -151,7 +166,7 @@ def _check_builder_section(section_name, section, registry):
             raise ConfigError("%s.%s: set from the task, remove it from the config"
                               % (section_name, key))
     args = {k: v for k, v in section.items() if k != "name"}
-    unknown = sorted(set(args) - set(schema))
+    unknown = sorted(set(args) - set(schema), key=str)
     if unknown:
         raise ConfigError("%s.%s: unknown key for %s %r (known: %s)"
                           % (section_name, unknown[0], section_name, name,
@@ -159,6 +174,7 @@ def _check_builder_section(section_name, section, registry):
     resolved = {"name": name}
     for key, (types, default, _) in schema.items():
         value = args.get(key, default)
+        _check_finite("%s.%s" % (section_name, key), value)
         if types is not object and key in args:
             ok = isinstance(value, types) and (types is bool or not isinstance(value, bool))
             if not ok:
@@ -181,7 +197,7 @@ def validate_config(config):
     if not isinstance(config, dict):
         raise ConfigError("config: expected a mapping with sections %s, got %s"
                           % (", ".join(SECTIONS), type(config).__name__))
-    unknown = sorted(set(config) - set(SECTIONS))
+    unknown = sorted(set(config) - set(SECTIONS), key=str)
     if unknown:
         raise ConfigError("%s: unknown section (known: %s)" % (unknown[0], ", ".join(SECTIONS)))
     for section in ("task", "model"):
@@ -197,7 +213,8 @@ def validate_config(config):
     }
     schedule = resolved["train"]["schedule"]
     if schedule is not None:
-        if "name" not in schedule or schedule["name"] not in SCHEDULE_SCHEMA:
+        if "name" not in schedule or not isinstance(schedule["name"], str) or \
+                schedule["name"] not in SCHEDULE_SCHEMA:
             raise ConfigError("train.schedule.name: expected one of %s, got %r"
                               % (sorted(SCHEDULE_SCHEMA), schedule.get("name")))
         rest = {k: v for k, v in schedule.items() if k != "name"}
@@ -210,14 +227,35 @@ def load_config(path):
     """Read and validate a YAML config file (PyYAML)."""
     import yaml
 
+    if os.path.isdir(path):
+        raise ConfigError("cannot read config %s: it is a folder, expected a YAML file" % path)
     try:
         with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+            text = f.read()
     except OSError as err:
-        raise ConfigError("cannot read config %s: %s" % (path, err)) from None
+        raise ConfigError("cannot read config %s: %s" % (path, err.strerror or err)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError("config %s is not UTF-8 text (byte %d: %s)"
+                          % (path, err.start, err.reason)) from None
+    try:
+        config = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError("config %s is not valid YAML: %s" % (path, err)) from None
+        raise ConfigError(_yaml_error_line(path, err)) from None
+    if config is None:
+        raise ConfigError("config %s is empty, expected sections %s"
+                          % (path, ", ".join(SECTIONS)))
     return validate_config(config)
+
+
+def _yaml_error_line(path, err):
+    """One line "FILE:LINE:COLUMN: problem" from PyYAML's multi-line message."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or \
+        str(err).splitlines()[0]
+    if mark is None:
+        return "config %s is not valid YAML: %s" % (path, problem)
+    return "config %s:%d:%d is not valid YAML: %s" % (path, mark.line + 1, mark.column + 1,
+                                                      problem)
 
 
 def dump_config(config):

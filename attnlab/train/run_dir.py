@@ -94,9 +94,37 @@ class RunDir:
 
 
 def read_status(path):
-    """The status.json of the run folder `path`, or None when there is none yet."""
+    """The status.json of the run folder `path`, or None when there is none yet (or it is
+    damaged: see `load_status` to tell the two apart)."""
+    return load_status(path)[0]
+
+
+def load_status(path):
+    """(status, problem) of the run folder `path`.
+
+    Returns:
+        (dict, None) for a readable status.json; (None, None) when there is none;
+        (None, "status.json ...: what is wrong") when it exists but cannot be used
+        (not UTF-8, not JSON, not a mapping, no valid state).
+
+    Example:
+        >>> status, problem = load_status("runs/demo")
+    """
+    file = os.path.join(path, "status.json")
+    if not os.path.exists(file):
+        return None, None
     try:
-        with open(os.path.join(path, "status.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+        with open(file, encoding="utf-8") as f:
+            status = json.load(f)
+    except UnicodeDecodeError:
+        return None, "damaged status.json: not UTF-8 text"
+    except ValueError as err:  # json.JSONDecodeError
+        return None, "damaged status.json: not JSON (%s)" % err
+    except OSError as err:
+        return None, "cannot read status.json: %s" % (err.strerror or err)
+    if not isinstance(status, dict):
+        return None, "damaged status.json: expected a JSON object, got %s" % (
+            type(status).__name__)
+    if status.get("state") not in STATES:
+        return None, "damaged status.json: unknown state %r" % (status.get("state"),)
+    return status, None

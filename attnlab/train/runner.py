@@ -1,11 +1,12 @@
 """Run a validated config into a run folder: build task, model and Trainer, train, evaluate."""
 import json
 import os
+import shutil
 import time
 
 import numpy as np
 
-from attnlab.train.config import dump_config
+from attnlab.train.config import ConfigError, dump_config
 from attnlab.train.process_exit import mark_collective_runtime_started
 from attnlab.train.run_dir import RunDir, atomic_write_text
 
@@ -214,9 +215,106 @@ def evaluate_task(model, task, config, split="test"):
     return metrics
 
 
+def _first_line(err):
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def check_buildable(config, model=True):
+    """Build the config's task and (with model=True) its model once, before any run folder.
+
+    validate_config checks types; the task builder and the model constructor check the
+    values that depend on each other (min_length <= max_length, d_model divisible by
+    num_heads, sequence lengths against the model's). One forward pass on one example
+    also catches shape mismatches. Nothing is trained; the Keras session is cleared after,
+    so layer names and seeds of the real run are unchanged.
+
+    Args:
+        config: a validated config.
+        model: also build the model (skip it where TensorFlow must not start yet: a
+            multi-worker strategy has to be created first).
+
+    Returns:
+        The task (reused by the run, so it is built once).
+
+    Raises:
+        ConfigError: "task: ..." or "model: ..." with the builder's message.
+    """
+    from attnlab.data.registry import make_task
+
+    try:
+        task = make_task(config["task"]["name"],
+                         **{k: v for k, v in config["task"].items() if k != "name"})
+    except (ValueError, TypeError) as err:
+        raise ConfigError("task %r: %s" % (config["task"]["name"], _first_line(err))) from None
+    if not model:
+        return task
+    import tensorflow as tf
+
+    try:
+        built = build_model(config, task)
+        make_scheduled_sampling(config["train"], task)
+    except (ValueError, TypeError) as err:
+        message = _first_line(err)
+        prefix = "" if message.startswith(("model.", "train.")) else \
+            "model %r: " % config["model"]["name"]
+        raise ConfigError(prefix + message) from None
+    try:
+        # The final evaluation's path (decoding to the target length, attention outputs)
+        # on one example: sizes that fit training but not decoding fail here, not after it.
+        tiny = _one_example(task)
+        x = tiny.arrays("train")[0]
+        built(x, training=False)
+        evaluate_task(built, tiny, config, "test")
+    except Exception as err:  # noqa: BLE001 - any failure here is the config's
+        raise ConfigError("model %r does not fit task %r: %s"
+                          % (config["model"]["name"], task.name, _first_line(err))) from None
+    finally:
+        tf.keras.backend.clear_session()
+    return task
+
+
+def _one_example(task):
+    """A copy of `task` with the first example of each split (and of its meta data)."""
+    from attnlab.data.task import Task
+
+    def first(value):
+        if isinstance(value, dict):
+            return {k: first(v) for k, v in value.items()}
+        return value[:1] if hasattr(value, "__getitem__") and not isinstance(value, str) \
+            else value
+
+    splits = {name: first(data) for name, data in task.splits.items()}
+    meta = {name: first(data) for name, data in task.meta.items()}
+    return Task(task.name, task.kind, splits, task.source_vocab, task.target_vocab,
+                task.num_classes, meta)
+
+
+def _replaceable(path):
+    """Whether run folder `path` is a start that failed before its first checkpoint.
+
+    Such a folder holds no training; a new start under the same name may replace it.
+    """
+    from attnlab.train.run_dir import read_status
+
+    status = read_status(path)
+    if not status or status.get("state") not in ("created", "failed") or status.get("step"):
+        return False
+    checkpoints = os.path.join(path, "checkpoints")
+    return not (os.path.isdir(checkpoints) and os.listdir(checkpoints))
+
+
 def prepare_run(config, runs_dir, name, resume=False):
-    """Create (or reopen with resume=True) runs_dir/name and write the resolved config."""
+    """Create (or reopen with resume=True) runs_dir/name and write the resolved config.
+
+    A folder left by a start that failed before training (state created/failed, step 0,
+    no checkpoint) is replaced by a new start.
+    """
     path = os.path.join(runs_dir, name)
+    if os.path.exists(runs_dir) and not os.path.isdir(runs_dir):
+        raise NotADirectoryError("runs folder %s is not a folder" % runs_dir)
+    if os.path.isdir(path) and not resume and _replaceable(path):
+        shutil.rmtree(path)
     if os.path.exists(path) and not resume:
         raise RunExistsError("run %r already exists in %s; use --resume to continue it or "
                              "--name to pick another name" % (name, runs_dir))
@@ -230,7 +328,7 @@ def prepare_run(config, runs_dir, name, resume=False):
     return run
 
 
-def run_training(config, run, verbose=None, restore_from=None):
+def run_training(config, run, verbose=None, restore_from=None, task=None):
     """Train `config` into the RunDir `run` (resuming from its checkpoints), then evaluate.
 
     Args:
@@ -238,6 +336,7 @@ def run_training(config, run, verbose=None, restore_from=None):
         run: the RunDir to write (a non-chief worker's is a scratch folder).
         verbose: progress bar on (1) or off (0); default: the config's.
         restore_from: checkpoints folder to resume from (default: the run's own).
+        task: the config's task when already built (by check_buildable).
 
     Returns:
         The final metrics dict (also written to metrics.json).
@@ -247,8 +346,9 @@ def run_training(config, run, verbose=None, restore_from=None):
     train = config["train"]
     strategy = make_strategy(train["distribute"], train["collective_timeout"])
     _set_global_tf_options(train)
-    task = make_task(config["task"]["name"],
-                     **{k: v for k, v in config["task"].items() if k != "name"})
+    if task is None:
+        task = make_task(config["task"]["name"],
+                         **{k: v for k, v in config["task"].items() if k != "name"})
     trainer = make_trainer(config, task, run, strategy,
                            train["verbose"] if verbose is None else verbose, restore_from)
     started = time.time()

@@ -21,6 +21,9 @@ import io
 import json
 import os
 import re
+import warnings
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -121,18 +124,32 @@ def attention_dir(run_dir):
     return os.path.join(run_dir, SUBDIR)
 
 
+class SnapshotError(ValueError):
+    """A damaged snapshot file; the message names the file and what is wrong with it."""
+
+
 def _read_index(folder):
     path = os.path.join(folder, INDEX)
     if not os.path.exists(path):
         return {"format": FORMAT, "version": VERSION, "snapshots": []}
-    with open(path, encoding="utf-8") as f:
-        index = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except UnicodeDecodeError:
+        raise SnapshotError("%s is damaged: not UTF-8 text" % path) from None
+    except ValueError as err:  # json.JSONDecodeError
+        raise SnapshotError("%s is damaged: not valid JSON (%s)" % (path, err)) from None
+    if not isinstance(index, dict):
+        raise SnapshotError("%s is damaged: expected a JSON object, got %s"
+                            % (path, type(index).__name__))
     if index.get("format") != FORMAT:
         raise ValueError("%s is not an attention snapshot index (format %r, expected %r)"
                          % (path, index.get("format"), FORMAT))
-    if index.get("version", 0) > VERSION:
+    if not isinstance(index.get("version", 0), int) or index.get("version", 0) > VERSION:
         raise ValueError("%s has snapshot format version %r; this attnlab reads up to %d"
                          % (path, index.get("version"), VERSION))
+    if not isinstance(index.get("snapshots"), list):
+        raise SnapshotError("%s is damaged: \"snapshots\" is not a list" % path)
     return index
 
 
@@ -175,7 +192,9 @@ def save_attention_snapshot(run_dir, step, epoch, weights, query_tokens=None,
     path = atomic_write_bytes(os.path.join(folder, filename), buffer.getvalue())
 
     index = _read_index(folder)
-    entries = [e for e in index["snapshots"] if e["step"] != snapshot.step]
+    # Malformed entries (no integer step) cannot be loaded anyway: dropped, not sorted.
+    entries = [e for e in index["snapshots"] if isinstance(e, dict) and
+               isinstance(e.get("step"), int) and e["step"] != snapshot.step]
     entries.append({"step": snapshot.step, "epoch": snapshot.epoch, "file": filename,
                     "layers": collections.OrderedDict(
                         (n, list(snapshot.weights[n].shape)) for n in names)})
@@ -203,14 +222,66 @@ def load_attention_snapshots(run_dir):
         if not os.path.isdir(os.fspath(run_dir)):
             raise FileNotFoundError("run folder %r does not exist" % os.fspath(run_dir))
         return []
-    snapshots = []
+    snapshots, damaged = [], []
     for entry in _read_index(folder)["snapshots"]:
-        if not re.match(r"^step-\d+\.npz$", entry["file"]):
-            raise ValueError("index entry %r names an unexpected file" % (entry,))
-        with np.load(os.path.join(folder, entry["file"]), allow_pickle=False) as data:
-            weights = collections.OrderedDict(
-                (name, data["layer_%d" % i]) for i, name in enumerate(entry["layers"]))
-            snapshots.append(AttentionSnapshot(
-                entry["step"], entry.get("epoch"), weights,
-                data["query_tokens"].tolist(), data["key_tokens"].tolist()))
+        try:
+            snapshots.append(_load_entry(folder, entry))
+        except SnapshotError as err:
+            damaged.append(str(err))
+    if damaged:
+        # The good snapshots are still worth showing; the warning names every bad file.
+        warnings.warn("skipped %d damaged attention snapshot(s) of %d: %s"
+                      % (len(damaged), len(damaged) + len(snapshots), "; ".join(damaged)),
+                      stacklevel=2)
     return sorted(snapshots, key=lambda s: s.step)
+
+
+def _read_npz(path, f, entry):
+    with np.load(f, allow_pickle=False) as data:
+        needed = ["layer_%d" % i for i in range(len(entry["layers"]))] + \
+            ["query_tokens", "key_tokens"]
+        missing = [n for n in needed if n not in data.files]
+        if missing:
+            raise SnapshotError("%s is damaged: arrays %s missing" % (path, missing))
+        weights = collections.OrderedDict(
+            (name, data["layer_%d" % i]) for i, name in enumerate(entry["layers"]))
+        return weights, data["query_tokens"].tolist(), data["key_tokens"].tolist()
+
+
+def _load_entry(folder, entry):
+    """One index entry's AttentionSnapshot; SnapshotError names the file and the problem."""
+    index_path = os.path.join(folder, INDEX)
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or \
+            not isinstance(entry.get("layers"), dict) or \
+            not isinstance(entry.get("step"), int) or isinstance(entry.get("step"), bool):
+        raise SnapshotError("%s: malformed entry %r (needs step, file and layers)"
+                            % (index_path, entry))
+    if not re.match(r"^step-\d+\.npz$", entry["file"]):
+        raise SnapshotError("%s: entry %r names an unexpected file" % (index_path, entry))
+    path = os.path.join(folder, entry["file"])
+    if not os.path.exists(path):
+        raise SnapshotError("%s is missing (listed in %s)" % (path, INDEX))
+    try:
+        # Our own file object: np.load leaks its handle when the zip is unreadable.
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if head[:2] != b"PK":
+                # Without this numpy would try the bytes as a pickle and say so.
+                raise SnapshotError("%s is damaged: not a .npz (zip) archive (%d bytes, "
+                                    "starts %r)" % (path, os.path.getsize(path), head))
+            f.seek(0)
+            weights, query, key = _read_npz(path, f, entry)
+    except SnapshotError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as err:
+        # Truncated zips, garbage bytes, object arrays (pickles are never loaded), CRC errors.
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "pickle" in reason.lower():
+            reason = "holds Python objects (pickles), not a snapshot's arrays"
+        raise SnapshotError("%s is damaged: %s" % (path, reason)) from None
+    for name, w in weights.items():
+        expected = entry["layers"][name]
+        if list(w.shape) != list(expected):
+            raise SnapshotError("%s is damaged: layer %r has shape %s, the index says %s"
+                                % (path, name, list(w.shape), expected))
+    return AttentionSnapshot(entry["step"], entry.get("epoch"), weights, query, key)
