@@ -191,7 +191,10 @@ def seq2seq_inputs(layer_name, query, values, values_mask, dtype):
                              % (layer_name, shape_str(values_mask), shape_str(values)))
         mask = values_mask[:, tf.newaxis, :]
     # A batch mismatch would otherwise fail (or broadcast) inside the score computation.
-    values = check_same_batch(layer_name, ("query", "values"), query, values)
+    # A single decoder step (B, Dq) runs once per token inside decoding loops: there only the
+    # static check, no per-step assertion when the batch is unknown.
+    values = check_same_batch(layer_name, ("query", "values"), query, values,
+                              runtime=query.shape.rank != 2)
     query, values = tf.cast(query, dtype), tf.cast(values, dtype)
     single_step = query.shape.rank == 2
     if single_step:
@@ -238,10 +241,11 @@ def check_depth(layer_name, arg_name, x, depth):
         return tf.identity(x)
 
 
-def check_same_batch(layer_name, names, first, second):
+def check_same_batch(layer_name, names, first, second, runtime=True):
     """`second` checked to have the batch size (first dimension) of `first`.
 
-    Static sizes raise ValueError; unknown ones get a runtime assertion on `second`.
+    Static sizes raise ValueError; unknown ones get a runtime assertion on `second` (unless
+    `runtime` is False: for calls made once per step of a loop).
     """
     a, b = first.shape[0], second.shape[0]
     if a is not None and b is not None:
@@ -250,6 +254,8 @@ def check_same_batch(layer_name, names, first, second):
                              "and %s of shape %s" % (layer_name, names[0], names[1], names[0],
                                                      shape_str(first), names[1],
                                                      shape_str(second)))
+        return second
+    if not runtime:
         return second
     check = tf.debugging.assert_equal(
         tf.shape(first)[0], tf.shape(second)[0],
