@@ -83,7 +83,8 @@ def greedy_decode_graph(model, source, max_length, bos_id=1, eos_id=2, pad_id=0)
         model: a model with the decoding protocol (module docstring).
         source: int32 ids (B, S) tensor.
         max_length: tokens to generate (a Python int: it sizes the KV cache).
-        bos_id, eos_id, pad_id: special token ids.
+        bos_id, eos_id, pad_id: special token ids inside the target vocabulary; eos_id=-1
+            means no end token.
 
     Returns:
         int32 (B, max_length) tensor.
@@ -112,9 +113,14 @@ def memory_first(memory):
 def _check_token_ids(model, bos_id, eos_id, pad_id):
     """The special ids checked to be integers inside the target vocabulary (when the model
     says its size): an id outside it fails as a raw embedding lookup error, or never
-    matches a generated token."""
+    matches a generated token. eos_id=-1 is allowed: no end token (benchmarks use it to
+    decode a fixed number of steps)."""
     vocab = getattr(model, "target_vocab_size", None)
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
+        if name == "eos_id" and value == -1 and not isinstance(value, bool):
+            continue  # the documented "no end token": generate exactly max_length tokens
+        if isinstance(value, np.integer):
+            value = int(value)
         check_non_negative_int(name, value)
         if vocab is not None and value >= vocab:
             raise ValueError("%s must be a token id in [0, %d) (the target vocabulary), got %d"
@@ -183,7 +189,8 @@ def greedy_decode(model, source, max_length, bos_id=1, eos_id=2, pad_id=0, use_c
         model: a model with the decoding protocol (module docstring).
         source: int ids (B, S).
         max_length: tokens to generate at most.
-        bos_id, eos_id, pad_id: special token ids.
+        bos_id, eos_id, pad_id: special token ids inside the target vocabulary; eos_id=-1
+            means no end token.
         use_cache: feed one token per step with the KV cache / RNN state (True), or rerun
             the decoder over the whole prefix at every step (False, the slow reference).
 
@@ -227,7 +234,8 @@ def beam_search(model, source, beam_width=4, max_length=32, length_penalty=0.6, 
         max_length: tokens to generate at most.
         length_penalty: alpha of the GNMT penalty; 0 ranks by raw log-probability, larger
             values favour longer outputs.
-        bos_id, eos_id, pad_id: special token ids.
+        bos_id, eos_id, pad_id: special token ids inside the target vocabulary; eos_id=-1
+            means no end token.
         return_scores: also return the (B,) normalized scores of the chosen sequences.
 
     Returns:
@@ -313,7 +321,8 @@ def sample_decode(model, source, max_length, top_k=None, top_p=None, temperature
         top_p: nucleus sampling: among the most likely tokens whose mass reaches top_p.
         temperature: divides the logits (> 0); lower is more conservative.
         seed: seed of the sampler; the same seed gives the same output.
-        bos_id, eos_id, pad_id: special token ids.
+        bos_id, eos_id, pad_id: special token ids inside the target vocabulary; eos_id=-1
+            means no end token.
 
     Returns:
         int32 (B, max_length).

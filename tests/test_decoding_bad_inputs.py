@@ -47,6 +47,7 @@ COMMON = [
     ({"bos_id": -1}, ValueError, "bos_id must be an integer >= 0, got -1"),
     ({"eos_id": 99}, ValueError, r"eos_id must be a token id in \[0, 10\)"),
     ({"eos_id": 2.0}, ValueError, "eos_id must be an integer >= 0, got 2.0"),
+    ({"eos_id": -2}, ValueError, "eos_id must be an integer >= 0, got -2"),
     ({"pad_id": 10}, ValueError, r"pad_id must be a token id in \[0, 10\)"),
     ({"source": np.array([[4, 10, 5]])}, ValueError,
      r"source has 1 token id\(s\) outside \[0, 10\)"),
@@ -105,7 +106,7 @@ def test_sampling_bad_arguments(model, kwargs, message):
 @pytest.mark.parametrize("kwargs,message", [
     ({"max_length": 0}, "max_length must be a positive integer, got 0"),
     ({"bos_id": 10}, r"bos_id must be a token id in \[0, 10\)"),
-    ({"eos_id": -1}, "eos_id must be an integer >= 0, got -1"),
+    ({"eos_id": -5}, "eos_id must be an integer >= 0, got -5"),
 ])
 def test_graph_greedy_bad_arguments(model, kwargs, message):
     args = {"max_length": 4}
@@ -122,3 +123,8 @@ def test_graph_greedy_checks_ids_at_run_time(model):
     with pytest.raises(tf.errors.InvalidArgumentError, match="source token ids must be < "
                                                              "source_vocab_size=10"):
         serve(tf.constant([[4, 12, 5]]))
+
+
+def test_eos_minus_one_means_no_end_token_and_numpy_ids_are_accepted(model):
+    ids = greedy_decode(model, SOURCE, 3, bos_id=np.int64(1), eos_id=-1)
+    assert ids.shape == (2, 3)
