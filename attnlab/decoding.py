@@ -110,6 +110,8 @@ def memory_first(memory):
     return tf.nest.flatten(memory)[0]
 
 
+# Plain Python checks: not for AutoGraph to convert when traced in an export.
+@tf.autograph.experimental.do_not_convert
 def _check_token_ids(model, bos_id, eos_id, pad_id):
     """The special ids checked to be integers inside the target vocabulary (when the model
     says its size): an id outside it fails as a raw embedding lookup error, or never
@@ -127,6 +129,8 @@ def _check_token_ids(model, bos_id, eos_id, pad_id):
                              % (name, vocab, value))
 
 
+# Plain Python checks: not for AutoGraph to convert when traced in an export.
+@tf.autograph.experimental.do_not_convert
 def _check_source(model, source, graph=False):
     """Token ids (B, S) as int32; ValueError for a wrong rank or dtype, an empty source or
     ids outside the source vocabulary (a raw embedding lookup error otherwise)."""
