@@ -16,7 +16,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from attnlab.validation import check_number, check_positive_int
+from attnlab.validation import check_non_negative_int, check_number, check_positive_int
 
 _COMPILED = weakref.WeakKeyDictionary()
 
@@ -83,7 +83,8 @@ def greedy_decode_graph(model, source, max_length, bos_id=1, eos_id=2, pad_id=0)
         model: a model with the decoding protocol (module docstring).
         source: int32 ids (B, S) tensor.
         max_length: tokens to generate (a Python int: it sizes the KV cache).
-        bos_id, eos_id, pad_id: special token ids.
+        bos_id, eos_id, pad_id: special token ids inside the target vocabulary; eos_id=-1
+            means no end token.
 
     Returns:
         int32 (B, max_length) tensor.
@@ -93,6 +94,8 @@ def greedy_decode_graph(model, source, max_length, bos_id=1, eos_id=2, pad_id=0)
         ...                     input_signature=[tf.TensorSpec([None, None], tf.int32)])
     """
     check_positive_int("max_length", max_length)
+    _check_token_ids(model, bos_id, eos_id, pad_id)
+    source = _check_source(model, source, graph=not tf.executing_eagerly())
     memory = model.encode(source)
     state = model.init_decode_state(memory, max_length)
     ids = _greedy_cached_loop(model, memory, state, tf.constant(bos_id, tf.int32),
@@ -107,17 +110,74 @@ def memory_first(memory):
     return tf.nest.flatten(memory)[0]
 
 
-def _check(model, source, max_length):
+# Plain Python checks: not for AutoGraph to convert when traced in an export.
+@tf.autograph.experimental.do_not_convert
+def _check_token_ids(model, bos_id, eos_id, pad_id):
+    """The special ids checked to be integers inside the target vocabulary (when the model
+    says its size): an id outside it fails as a raw embedding lookup error, or never
+    matches a generated token. eos_id=-1 is allowed: no end token (benchmarks use it to
+    decode a fixed number of steps)."""
+    vocab = getattr(model, "target_vocab_size", None)
+    for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
+        if name == "eos_id" and value == -1 and not isinstance(value, bool):
+            continue  # the documented "no end token": generate exactly max_length tokens
+        if isinstance(value, np.integer):
+            value = int(value)
+        check_non_negative_int(name, value)
+        if vocab is not None and value >= vocab:
+            raise ValueError("%s must be a token id in [0, %d) (the target vocabulary), got %d"
+                             % (name, vocab, value))
+
+
+# Plain Python checks: not for AutoGraph to convert when traced in an export.
+@tf.autograph.experimental.do_not_convert
+def _check_source(model, source, graph=False):
+    """Token ids (B, S) as int32; ValueError for a wrong rank or dtype, an empty source or
+    ids outside the source vocabulary (a raw embedding lookup error otherwise)."""
+    source = tf.convert_to_tensor(source)
+    if source.shape.rank != 2 or not source.dtype.is_integer:
+        raise ValueError("source must be integer token ids of shape (B, S), got %s %s"
+                         % (source.dtype.name, tuple(source.shape.as_list())
+                            if source.shape.rank is not None else "(unknown rank)"))
+    if 0 in source.shape.as_list():
+        raise ValueError("source is empty: expected (B, S) token ids with B, S >= 1, got "
+                         "shape %s" % (tuple(source.shape.as_list()),))
+    source = tf.cast(source, tf.int32)
+    vocab = getattr(model, "source_vocab_size", None)
+    if graph:
+        # Traced once per signature, before the loop: one assertion per call.
+        checks = [tf.debugging.assert_non_negative(
+            source, message="source token ids must be >= 0")]
+        if vocab is not None:
+            checks.append(tf.debugging.assert_less(
+                source, tf.constant(vocab, tf.int32),
+                message="source token ids must be < source_vocab_size=%d" % vocab))
+        with tf.control_dependencies(checks):
+            return tf.identity(source)
+    ids = source.numpy()
+    bad = (ids < 0) | ((ids >= vocab) if vocab is not None else False)
+    if bad.any():
+        raise ValueError("source has %d token id(s) outside [0, %s) (the source vocabulary), "
+                         "e.g. %d" % (bad.sum(), vocab if vocab is not None else "inf",
+                                      ids[bad][0]))
+    return source
+
+
+def _check(model, source, max_length, bos_id, eos_id, pad_id):
     for method in ("encode", "init_decode_state", "decode_step", "decode_full"):
         if not hasattr(model, method):
             raise TypeError("model %r lacks the decoding method %s(); see attnlab.decoding"
                             % (type(model).__name__, method))
     check_positive_int("max_length", max_length)
-    source = tf.convert_to_tensor(source)
-    if source.shape.rank != 2 or source.dtype.is_floating:
-        raise ValueError("source must be integer token ids of shape (B, S), got %s %s"
-                         % (source.dtype.name, tuple(source.shape.as_list())))
-    return tf.cast(source, tf.int32)
+    _check_token_ids(model, bos_id, eos_id, pad_id)
+    return _check_source(model, source)
+
+
+def _check_finite(name, value):
+    """An infinite penalty or temperature passes a one-sided bound but gives NaN scores."""
+    if np.isinf(value):
+        raise ValueError("%s must be a finite number, got %r" % (name, value))
+    return value
 
 
 def _finish(tokens, done, eos_id, pad_id):
@@ -133,7 +193,8 @@ def greedy_decode(model, source, max_length, bos_id=1, eos_id=2, pad_id=0, use_c
         model: a model with the decoding protocol (module docstring).
         source: int ids (B, S).
         max_length: tokens to generate at most.
-        bos_id, eos_id, pad_id: special token ids.
+        bos_id, eos_id, pad_id: special token ids inside the target vocabulary; eos_id=-1
+            means no end token.
         use_cache: feed one token per step with the KV cache / RNN state (True), or rerun
             the decoder over the whole prefix at every step (False, the slow reference).
 
@@ -143,7 +204,7 @@ def greedy_decode(model, source, max_length, bos_id=1, eos_id=2, pad_id=0, use_c
     Example:
         >>> ids = greedy_decode(model, task.arrays("test")[0]["source"][:4], max_length=11)
     """
-    source = _check(model, source, max_length)
+    source = _check(model, source, max_length, bos_id, eos_id, pad_id)
     fns = _compiled(model)
     memory = fns["encode"](source)
     batch = int(source.shape[0])
@@ -177,7 +238,8 @@ def beam_search(model, source, beam_width=4, max_length=32, length_penalty=0.6, 
         max_length: tokens to generate at most.
         length_penalty: alpha of the GNMT penalty; 0 ranks by raw log-probability, larger
             values favour longer outputs.
-        bos_id, eos_id, pad_id: special token ids.
+        bos_id, eos_id, pad_id: special token ids inside the target vocabulary; eos_id=-1
+            means no end token.
         return_scores: also return the (B,) normalized scores of the chosen sequences.
 
     Returns:
@@ -186,9 +248,9 @@ def beam_search(model, source, beam_width=4, max_length=32, length_penalty=0.6, 
     Example:
         >>> ids = beam_search(model, source, beam_width=4, max_length=11)
     """
-    source = _check(model, source, max_length)
+    source = _check(model, source, max_length, bos_id, eos_id, pad_id)
     check_positive_int("beam_width", beam_width)
-    check_number("length_penalty", length_penalty, at_least=0)
+    _check_finite("length_penalty", check_number("length_penalty", length_penalty, at_least=0))
     fns = _compiled(model)
     batch, k = int(source.shape[0]), beam_width
     memory = fns["encode"](tf.repeat(source, k, axis=0))
@@ -263,7 +325,8 @@ def sample_decode(model, source, max_length, top_k=None, top_p=None, temperature
         top_p: nucleus sampling: among the most likely tokens whose mass reaches top_p.
         temperature: divides the logits (> 0); lower is more conservative.
         seed: seed of the sampler; the same seed gives the same output.
-        bos_id, eos_id, pad_id: special token ids.
+        bos_id, eos_id, pad_id: special token ids inside the target vocabulary; eos_id=-1
+            means no end token.
 
     Returns:
         int32 (B, max_length).
@@ -271,12 +334,17 @@ def sample_decode(model, source, max_length, top_k=None, top_p=None, temperature
     Example:
         >>> ids = sample_decode(model, source, max_length=11, top_p=0.9, seed=1)
     """
-    source = _check(model, source, max_length)
+    source = _check(model, source, max_length, bos_id, eos_id, pad_id)
     if top_k is not None:
         check_positive_int("top_k", top_k)
-    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        vocab = getattr(model, "target_vocab_size", None)
+        if vocab is not None and top_k > vocab:
+            raise ValueError("top_k must be at most the target vocabulary size %d, got %d"
+                             % (vocab, top_k))
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0.0 < top_p <= 1.0):  # NaN fails the comparison
         raise ValueError("top_p must be in (0, 1] or None, got %r" % (top_p,))
-    check_number("temperature", temperature, above=0)
+    _check_finite("temperature", check_number("temperature", temperature, above=0))
     rng = np.random.default_rng(seed)
     fns = _compiled(model)
     memory = fns["encode"](source)

@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from attnlab.layers.layer_helpers import init_scope
+from attnlab.layers.layer_helpers import finite_number, init_scope
 from attnlab.layers.multi_head_attention import MultiHeadAttention
 from attnlab.ops.masks import combine_masks
 from attnlab.ops.score_bias import align_bias
@@ -104,9 +104,9 @@ class AdaptiveSpanAttention(MultiHeadAttention):
                  span_penalty=2e-6, **kwargs):
         super().__init__(num_heads, key_dim, **kwargs)
         self.max_span = check_positive_int("max_span", max_span)
-        self.ramp = check_number("ramp", ramp, above=0)
+        self.ramp = finite_number("ramp", ramp, above=0)
         self.span_init = check_number("span_init", span_init, at_least=0, at_most=1)
-        self.span_penalty = check_number("span_penalty", span_penalty, at_least=0)
+        self.span_penalty = finite_number("span_penalty", span_penalty, at_least=0)
 
     def _build_from_signature(self, query, value, key=None):
         """MultiHeadAttention's projections, then the (H,) span fractions."""

@@ -2,6 +2,7 @@
 import tensorflow as tf
 
 from attnlab.layers.layer_helpers import (
+    check_depth,
     clone_initializer,
     known_depth,
     seq2seq_context,
@@ -69,6 +70,8 @@ class AdditiveAttention(tf.keras.layers.Layer):
             with tf.init_scope():
                 self._create_weights(known_depth("AdditiveAttention", "query", query),
                                      known_depth("AdditiveAttention", "values", values))
+        query = check_depth("AdditiveAttention", "query", query, self.query_kernel.shape[0])
+        values = check_depth("AdditiveAttention", "values", values, self.values_kernel.shape[0])
         projected_query = tf.matmul(query, self.query_kernel)     # (B, T, U)
         projected_values = tf.matmul(values, self.values_kernel)  # (B, S, U)
         hidden = tf.tanh(projected_query[:, :, tf.newaxis, :]

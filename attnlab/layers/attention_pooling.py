@@ -1,7 +1,7 @@
 """Attention pooling with a learned context vector (Yang et al. 2016, hierarchical attention)."""
 import tensorflow as tf
 
-from attnlab.layers.layer_helpers import clone_initializer, known_depth
+from attnlab.layers.layer_helpers import check_depth, clone_initializer, known_depth
 from attnlab.ops.masked_softmax import masked_softmax
 from attnlab.validation import check_floating, check_positive_int, shape_str
 
@@ -79,6 +79,7 @@ class AttentionPooling(tf.keras.layers.Layer):
             raise ValueError("AttentionPooling expects inputs of shape (B, ..., T, D), got %s"
                              % shape_str(inputs))
         known_depth("AttentionPooling", "inputs", inputs)
+        inputs = check_depth("AttentionPooling", "inputs", inputs, self.kernel.shape[0])
         if mask is not None:
             mask = tf.convert_to_tensor(mask)
             if mask.shape.rank != inputs.shape.rank - 1 or \

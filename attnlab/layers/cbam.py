@@ -2,8 +2,9 @@
 import tensorflow as tf
 
 from attnlab.layers.channel_attention import ChannelAttention
-from attnlab.layers.layer_helpers import image_channels
+from attnlab.layers.layer_helpers import check_depth, image_channels
 from attnlab.layers.spatial_attention import SpatialAttention
+from attnlab.validation import check_bool
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -38,7 +39,7 @@ class CBAM(tf.keras.layers.Layer):
     def __init__(self, ratio=8, kernel_size=7, return_attention=False,
                  kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        self.return_attention = bool(return_attention)
+        self.return_attention = check_bool("return_attention", return_attention)
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
         # The sublayers validate ratio and kernel_size and share this layer's dtype policy.
@@ -58,6 +59,10 @@ class CBAM(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
+        # Checked here too, so that the error names CBAM rather than its sublayer.
+        if inputs.shape.rank == 4:
+            inputs = check_depth("CBAM", "inputs", inputs,
+                                 self.channel_attention.hidden_kernel.shape[0])
         refined, spatial = self.spatial_attention(self.channel_attention(inputs))
         return (refined, spatial) if self.return_attention else refined
 

@@ -1,8 +1,8 @@
 """Channel attention of CBAM (Woo et al. 2018): which feature maps matter."""
 import tensorflow as tf
 
-from attnlab.layers.layer_helpers import clone_initializer, image_channels
-from attnlab.validation import check_positive_int
+from attnlab.layers.layer_helpers import check_depth, clone_initializer, image_channels
+from attnlab.validation import check_positive_int, shape_str
 
 
 def reduced_channels(layer_name, channels, ratio):
@@ -75,6 +75,12 @@ class ChannelAttention(tf.keras.layers.Layer):
         return tf.matmul(hidden, output_kernel) + output_bias
 
     def call(self, inputs):
+        layer_name = type(self).__name__
+        if inputs.shape.rank != 4:
+            raise ValueError("%s expects channels-last images (B, H, W, C), got shape %s"
+                             % (layer_name, shape_str(inputs)))
+        inputs = check_depth(layer_name, "inputs", inputs,
+                             getattr(self, self._weight_names[0][0]).shape[0])
         # Each descriptor (B, C) pooled over H and W goes through the one MLP; logits add.
         logits = [self._mlp(pool(inputs, axis=[1, 2])) for pool in self._poolings]
         scale = tf.sigmoid(sum(logits[1:], logits[0]))

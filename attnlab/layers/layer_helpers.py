@@ -1,12 +1,34 @@
 """Helpers shared by the attention layers: weights and sublayers, input shapes, masks,
 positions, and the decoder-over-encoder inputs of the RNN seq2seq attentions."""
 import contextlib
+import math
 
 import tensorflow as tf
 
 from attnlab.ops.masked_softmax import masked_softmax
 from attnlab.ops.masks import align_mask
-from attnlab.validation import check_floating, shape_str
+from attnlab.validation import check_floating, check_number, shape_str
+
+# ------------------------------------------------------------------ constructor numbers
+
+
+def finite_number(name, value, **bounds):
+    """`value` checked by `check_number(name, value, **bounds)` and to be finite: an
+    infinite rate or scale passes a one-sided bound but yields NaN or a degenerate layer."""
+    check_number(name, value, **bounds)
+    if math.isinf(value):
+        raise ValueError("%s must be a finite number, got %r" % (name, value))
+    return value
+
+
+def dropout_rate(name, value):
+    """A rate in [0, 1) as a float; ValueError naming `name` for anything else (a string,
+    a bool, NaN), which float() would otherwise reject without saying which argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0.0 <= value < 1.0:
+        raise ValueError("%s must be in [0, 1), got %r" % (name, value))
+    return float(value)
+
 
 # ------------------------------------------------------------------ weights and sublayers
 
@@ -168,6 +190,11 @@ def seq2seq_inputs(layer_name, query, values, values_mask, dtype):
             raise ValueError("%s expects values_mask of shape (B, S), got %s (values %s)"
                              % (layer_name, shape_str(values_mask), shape_str(values)))
         mask = values_mask[:, tf.newaxis, :]
+    # A batch mismatch would otherwise fail (or broadcast) inside the score computation.
+    # A single decoder step (B, Dq) runs once per token inside decoding loops: there only the
+    # static check, no per-step assertion when the batch is unknown.
+    values = check_same_batch(layer_name, ("query", "values"), query, values,
+                              runtime=query.shape.rank != 2)
     query, values = tf.cast(query, dtype), tf.cast(values, dtype)
     single_step = query.shape.rank == 2
     if single_step:
@@ -188,3 +215,50 @@ def seq2seq_context(scores, values, mask, single_step):
     if single_step:
         return context[:, 0], weights[:, 0]
     return context, weights
+
+
+# ------------------------------------------------------- inputs against built weights
+
+
+def check_depth(layer_name, arg_name, x, depth):
+    """`x` checked to have last dimension `depth` (the one its weights were built for).
+
+    A static mismatch is a ValueError now; an unknown depth (a graph input without a static
+    last dimension) gets a runtime assertion, so the error never surfaces as a MatMul
+    shape failure deep inside the layer.
+    """
+    got = x.shape[-1] if x.shape.rank else None
+    if got is not None:
+        if got != depth:
+            raise ValueError("%s was built for %s of depth %d (last dimension), got %s of "
+                             "shape %s" % (layer_name, arg_name, depth, arg_name, shape_str(x)))
+        return x
+    check = tf.debugging.assert_equal(
+        tf.shape(x)[-1], tf.constant(depth, tf.int32),
+        message="%s was built for %s of depth %d (last dimension)"
+        % (layer_name, arg_name, depth))
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
+
+
+def check_same_batch(layer_name, names, first, second, runtime=True):
+    """`second` checked to have the batch size (first dimension) of `first`.
+
+    Static sizes raise ValueError; unknown ones get a runtime assertion on `second` (unless
+    `runtime` is False: for calls made once per step of a loop).
+    """
+    a, b = first.shape[0], second.shape[0]
+    if a is not None and b is not None:
+        if a != b:
+            raise ValueError("%s needs %s and %s of the same batch size, got %s of shape %s "
+                             "and %s of shape %s" % (layer_name, names[0], names[1], names[0],
+                                                     shape_str(first), names[1],
+                                                     shape_str(second)))
+        return second
+    if not runtime:
+        return second
+    check = tf.debugging.assert_equal(
+        tf.shape(first)[0], tf.shape(second)[0],
+        message="%s needs %s and %s of the same batch size" % (layer_name, *names))
+    with tf.control_dependencies([check]):
+        return tf.identity(second)

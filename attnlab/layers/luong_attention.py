@@ -6,6 +6,7 @@ Translation", section 3.1 (global attention).
 import tensorflow as tf
 
 from attnlab.layers.layer_helpers import (
+    check_depth,
     clone_initializer,
     known_depth,
     seq2seq_context,
@@ -97,6 +98,16 @@ class LuongAttention(tf.keras.layers.Layer):
         if weight_name[self.score] and not hasattr(self, weight_name[self.score]):
             with tf.init_scope():
                 self._create_weights(query_depth, values_depth)
+        if self.score == "general":
+            query = check_depth("LuongAttention", "query", query, self.score_kernel.shape[0])
+            values = check_depth("LuongAttention", "values", values, self.score_kernel.shape[1])
+        elif self.score == "concat" and \
+                query_depth + values_depth != self.concat_kernel.shape[0]:
+            # The concat kernel holds [W_s; W_h]: only the sum of the depths is stored.
+            raise ValueError(
+                "LuongAttention(score='concat') was built for query depth + values depth = %d, "
+                "got query depth %d and values depth %d"
+                % (self.concat_kernel.shape[0], query_depth, values_depth))
         if self.score == "dot":
             scores = tf.matmul(query, values, transpose_b=True)
         elif self.score == "general":

@@ -5,11 +5,15 @@ import math
 
 import tensorflow as tf
 
-from attnlab.layers.layer_helpers import clone_initializer, without_keras_mask
+from attnlab.layers.layer_helpers import (
+    check_depth,
+    clone_initializer,
+    finite_number,
+    without_keras_mask,
+)
 from attnlab.validation import (
     check_choice,
     check_floating,
-    check_number,
     check_positive_int,
     shape_str,
 )
@@ -28,11 +32,11 @@ def check_mixture_arguments(num_experts, top_k, capacity_factor, load_balance_lo
         raise ValueError("%stop_k must be at most num_experts=%d, got %d"
                          % (prefix, num_experts, top_k))
     if capacity_factor is not None:
-        capacity_factor = float(check_number(prefix + "capacity_factor", capacity_factor,
+        capacity_factor = float(finite_number(prefix + "capacity_factor", capacity_factor,
                                              above=0))
-    load_balance_loss_weight = float(check_number(
+    load_balance_loss_weight = float(finite_number(
         prefix + "load_balance_loss_weight", load_balance_loss_weight, at_least=0))
-    router_z_loss_weight = float(check_number(
+    router_z_loss_weight = float(finite_number(
         prefix + "router_z_loss_weight", router_z_loss_weight, at_least=0))
     check_choice(prefix + "dispatch", dispatch, DISPATCH_MODES)
     return capacity_factor, load_balance_loss_weight, router_z_loss_weight
@@ -279,8 +283,9 @@ class MixtureOfExperts(tf.keras.layers.Layer):
             raise ValueError("MixtureOfExperts expects inputs of shape (B, T, D), got %s"
                              % shape_str(inputs))
         x = tf.cast(without_keras_mask(inputs), self.compute_dtype)
+        depth = self.router_kernel.shape[0]
+        x = check_depth("MixtureOfExperts", "inputs", x, depth)
         batch, length = tf.shape(x)[0], tf.shape(x)[1]
-        depth = x.shape[-1]
         experts, k = self.num_experts, self.top_k
         tokens = tf.reshape(x, [-1, depth])
         num_tokens = tf.shape(tokens)[0]

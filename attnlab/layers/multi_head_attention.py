@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from attnlab.layers.attention_layout import AttentionLayout, projection_equation
 from attnlab.layers.kv_cache import empty_cache, update_cache
-from attnlab.layers.layer_helpers import clone_initializer, init_scope
+from attnlab.layers.layer_helpers import clone_initializer, dropout_rate, init_scope
 from attnlab.ops.kernels import (
     FULL_KERNELS,
     attention_kernel,
@@ -16,7 +16,7 @@ from attnlab.ops.kernels import (
 from attnlab.ops.masks import align_mask, band_mask, causal_mask, combine_masks
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention, static_training
 from attnlab.ops.score_bias import align_bias
-from attnlab.validation import check_bool, check_floating, check_positive_int, check_rate, shape_str
+from attnlab.validation import check_bool, check_floating, check_positive_int, shape_str
 
 # Exported as experimental in TF 2.9, also under tf.keras.layers from TF 2.10 on.
 EinsumDense = getattr(tf.keras.layers, "EinsumDense", None) or \
@@ -143,7 +143,7 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         self.key_dim = check_positive_int("key_dim", key_dim)
         self.value_dim = key_dim if value_dim is None else check_positive_int(
             "value_dim", value_dim)
-        self.dropout = check_rate("dropout", dropout)
+        self.dropout = dropout_rate("dropout", dropout)
         self.use_bias = check_bool("use_bias", use_bias)
         if output_dim is not None and output_shape is not None:
             raise ValueError("give output_shape or its former name output_dim, not both "

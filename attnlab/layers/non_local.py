@@ -4,7 +4,7 @@ import math
 
 import tensorflow as tf
 
-from attnlab.layers.layer_helpers import clone_initializer, image_channels
+from attnlab.layers.layer_helpers import check_depth, clone_initializer, image_channels
 from attnlab.ops.kernels import attention_kernel
 from attnlab.ops.scaled_dot_product import scaled_dot_product_attention
 from attnlab.validation import check_bool, check_positive_int
@@ -136,6 +136,7 @@ class NonLocalBlock(tf.keras.layers.Layer):
         x = tf.convert_to_tensor(inputs)
         image_channels("NonLocalBlock", x.shape)
         self._check_size(x.shape[1], x.shape[2])
+        x = check_depth("NonLocalBlock", "inputs", x, self.query_kernel.shape[0])
         shape = tf.shape(x)
         batch, height, width = shape[0], shape[1], shape[2]
         keys, values = self._project(x, "key"), self._project(x, "value")

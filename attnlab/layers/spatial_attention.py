@@ -2,6 +2,7 @@
 import tensorflow as tf
 
 from attnlab.layers.layer_helpers import clone_initializer, image_channels
+from attnlab.validation import check_bool, shape_str
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -43,7 +44,7 @@ class SpatialAttention(tf.keras.layers.Layer):
             raise ValueError("kernel_size must be an odd positive integer (so that 'same' "
                              "padding is centred), got %r" % (kernel_size,))
         self.kernel_size = kernel_size
-        self.return_attention = bool(return_attention)
+        self.return_attention = check_bool("return_attention", return_attention)
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
         self.bias_initializer = tf.keras.initializers.get(bias_initializer)
         self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
@@ -60,6 +61,9 @@ class SpatialAttention(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
+        if inputs.shape.rank != 4:
+            raise ValueError("SpatialAttention expects channels-last images (B, H, W, C), got "
+                             "shape %s" % shape_str(inputs))
         descriptor = tf.concat([tf.reduce_mean(inputs, axis=-1, keepdims=True),
                                 tf.reduce_max(inputs, axis=-1, keepdims=True)], axis=-1)
         logits = tf.nn.conv2d(descriptor, self.kernel, strides=1, padding="SAME") + self.bias

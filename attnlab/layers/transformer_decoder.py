@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from attnlab.layers.layer_helpers import (
     build_sublayer,
+    check_same_batch,
     clone_initializer,
     key_padding_mask,
     model_depth,
@@ -146,6 +147,11 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
             encoder_mask = getattr(encoder_output, "_keras_mask", None)
         inputs = tf.convert_to_tensor(inputs)
         check_floating("inputs", inputs)
+        if encoder_output is not None:
+            # Named here: the cross-attention's own error speaks of (B, H, L, d) heads.
+            encoder_output = check_same_batch(
+                "TransformerDecoderBlock", ("inputs", "encoder_output"), inputs,
+                tf.convert_to_tensor(encoder_output))
         x = tf.cast(without_keras_mask(inputs), self.compute_dtype)
         use_cache = self_attention_cache is not None
         scores = {}

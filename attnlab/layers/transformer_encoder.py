@@ -5,6 +5,7 @@ import tensorflow as tf
 from attnlab.layers.layer_helpers import (
     build_sublayer,
     clone_initializer,
+    dropout_rate,
     key_padding_mask,
     model_depth,
     without_keras_mask,
@@ -13,7 +14,7 @@ from attnlab.layers.mixture_of_experts import MixtureOfExperts, check_mixture_ar
 from attnlab.layers.multi_head_attention import MultiHeadAttention
 from attnlab.ops.kernels import FULL_KERNELS, check_attention_impl, resolve_attention_impl
 from attnlab.ops.masks import combine_masks
-from attnlab.validation import check_bool, check_floating, check_positive_int, check_rate
+from attnlab.validation import check_bool, check_floating, check_positive_int
 
 
 def check_block_arguments(num_heads, intermediate_dim, dropout, norm_first, activation,
@@ -21,11 +22,12 @@ def check_block_arguments(num_heads, intermediate_dim, dropout, norm_first, acti
     """Validate the arguments both Transformer blocks share; returns (dropout, activation)."""
     check_positive_int("num_heads", num_heads)
     check_positive_int("intermediate_dim", intermediate_dim)
-    dropout = check_rate("dropout", dropout)
+    dropout = dropout_rate("dropout", dropout)
     check_bool("norm_first", norm_first)
+    # NaN fails both comparisons; an infinite epsilon would scale every output to zero.
     if isinstance(layer_norm_epsilon, bool) or not isinstance(layer_norm_epsilon, (int, float)) \
-            or not layer_norm_epsilon > 0:
-        raise ValueError("layer_norm_epsilon must be a positive number, got %r"
+            or not 0 < layer_norm_epsilon < float("inf"):
+        raise ValueError("layer_norm_epsilon must be a positive finite number, got %r"
                          % (layer_norm_epsilon,))
     try:
         activation = tf.keras.activations.get(activation)

@@ -11,7 +11,7 @@ HEAD_REDUCTIONS = ("mean", "max")
 
 
 def as_weights(weights, name="weights", min_rank=2, max_rank=4):
-    """Convert `weights` to a float NumPy array and check its rank.
+    """Convert `weights` to a float NumPy array and check its rank and that it is finite.
 
     Args:
         weights: array-like attention weights.
@@ -36,6 +36,11 @@ def as_weights(weights, name="weights", min_rank=2, max_rank=4):
                          % (name, min_rank, max_rank, array.shape))
     if 0 in array.shape:
         raise ValueError("%s must not be empty, got shape %s" % (name, array.shape))
+    # A NaN would be drawn as a blank cell or spread through a rollout product silently.
+    bad = array.size - np.count_nonzero(np.isfinite(array))
+    if bad:
+        raise ValueError("%s must be finite, got %d NaN/Inf entries of %d (shape %s)"
+                         % (name, bad, array.size, array.shape))
     return array
 
 

@@ -9,6 +9,8 @@ import math
 import os
 import tempfile
 
+import numpy as np
+
 from attnlab.validation import check_positive_int
 from attnlab.viz.aggregate import as_weights
 
@@ -103,6 +105,9 @@ def plot_attention(weights, query_tokens=None, key_tokens=None, ax=None, cmap="v
 
 
 def _example(weights, example, name):
+    # A float or bool index would fail later as a bare NumPy IndexError (or pick row 1).
+    if isinstance(example, bool) or not isinstance(example, (int, np.integer)):
+        raise TypeError("example must be an integer index into the batch, got %r" % (example,))
     weights = as_weights(weights, name=name, min_rank=3)
     if weights.ndim == 4:
         if not -weights.shape[0] <= example < weights.shape[0]:
@@ -180,7 +185,7 @@ def plot_layers(layers, example=0, share_scale=True, cmap="viridis", thumb_size=
         layers = {"layer %d" % i: w for i, w in enumerate(layers)}
     if not layers:
         raise ValueError("plot_layers needs at least one layer, got none")
-    maps = {name: _example(w, example, "layer %r" % name) for name, w in layers.items()}
+    maps = {name: _example(w, example, "layers[%r]" % name) for name, w in layers.items()}
     max_heads = max(w.shape[0] for w in maps.values())
     fig, axes = plt.subplots(len(maps), max_heads, squeeze=False,
                              figsize=(thumb_size * max_heads + 1, thumb_size * len(maps)))

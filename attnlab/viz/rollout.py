@@ -41,14 +41,19 @@ def attention_rollout(layers, head_fusion="mean", add_residual=True, cumulative=
     check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
     if isinstance(layers, dict):
         names, layers = list(layers.keys()), list(layers.values())
+        keys = names
     else:
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+            raise TypeError("layers must be a sequence or dict of per-layer weights, got %r"
+                            % (type(layers).__name__,))
         layers = list(layers)
         names = ["layer %d" % i for i in range(len(layers))]
+        keys = list(range(len(layers)))
     if not layers:
         raise ValueError("attention_rollout needs at least one layer, got an empty sequence")
     result, steps, first_shape = None, [], None
-    for name, weights in zip(names, layers):
-        weights = as_weights(weights, name="rollout layer %r" % name, min_rank=3)
+    for name, key, weights in zip(names, keys, layers):
+        weights = as_weights(weights, name="layers[%r]" % (key,), min_rank=3)
         fused = _fuse(weights.astype(np.float64), head_fusion)
         batch, t, s = fused.shape
         if t != s:

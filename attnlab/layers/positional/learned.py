@@ -1,7 +1,7 @@
 """Trainable absolute position embeddings (as in BERT and GPT-2)."""
 import tensorflow as tf
 
-from attnlab.layers.layer_helpers import checked_start_index, sequence_length
+from attnlab.layers.layer_helpers import check_depth, checked_start_index, sequence_length
 from attnlab.validation import check_positive_int, shape_str
 
 
@@ -53,6 +53,9 @@ class LearnedPositionEmbedding(tf.keras.layers.Layer):
         if inputs.shape.rank is not None and inputs.shape.rank < 2:
             raise ValueError("LearnedPositionEmbedding expects inputs (..., T, D), got shape %s"
                              % shape_str(inputs))
+        # broadcast_to would fail on a depth other than the table's with a raw kernel error.
+        inputs = check_depth("LearnedPositionEmbedding", "inputs", inputs,
+                             self.embeddings.shape[-1])
         length = sequence_length(inputs, -2)
         start, checks = checked_start_index(start_index, length, self.max_length,
                                             "LearnedPositionEmbedding")

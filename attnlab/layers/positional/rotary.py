@@ -3,8 +3,8 @@ import math
 
 import tensorflow as tf
 
-from attnlab.layers.layer_helpers import checked_start_index, sequence_length
-from attnlab.validation import check_floating, check_number, shape_str
+from attnlab.layers.layer_helpers import checked_start_index, finite_number, sequence_length
+from attnlab.validation import check_floating, shape_str
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -38,8 +38,8 @@ class RotaryEmbedding(tf.keras.layers.Layer):
 
     def __init__(self, max_wavelength=10000, scaling_factor=1.0, **kwargs):
         super().__init__(**kwargs)
-        self.max_wavelength = check_number("max_wavelength", max_wavelength, above=1)
-        self.scaling_factor = float(check_number("scaling_factor", scaling_factor, above=0))
+        self.max_wavelength = finite_number("max_wavelength", max_wavelength, above=1)
+        self.scaling_factor = float(finite_number("scaling_factor", scaling_factor, above=0))
         self.supports_masking = True
 
     def _check_shape(self, shape):

@@ -3,8 +3,8 @@ import math
 
 import tensorflow as tf
 
-from attnlab.layers.layer_helpers import checked_start_index, sequence_length
-from attnlab.validation import check_number, check_positive_int, shape_str
+from attnlab.layers.layer_helpers import checked_start_index, finite_number, sequence_length
+from attnlab.validation import check_positive_int, shape_str
 
 
 @tf.keras.utils.register_keras_serializable(package="attnlab")
@@ -39,7 +39,7 @@ class SinusoidalPositionEncoding(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         if max_length is not None:
             check_positive_int("max_length", max_length)
-        check_number("base", base, above=1)
+        finite_number("base", base, above=1)
         self.max_length = max_length
         self.base = float(base)
         self.supports_masking = True
