@@ -21,7 +21,7 @@ import re
 from attnlab.validation import check_choice
 from attnlab.viz.explorer_figure import ExplorerFigure
 from attnlab.viz.explorer_panel import ExplorerPanel, batch_size, explorer_frames
-from attnlab.viz.plots import EXPORT_FORMATS, atomic_write_bytes, export_format
+from attnlab.viz.figure_export import EXPORT_FORMATS, atomic_write_bytes, export_format
 
 
 class AttentionExplorer:
@@ -395,11 +395,12 @@ class AttentionExplorer:
 
     # ---------------------------------------------------------------- export
     def export(self, path=None, format=None):
-        """Save exactly what is displayed, as PNG or SVG.
+        """Save exactly what is displayed, as PNG, SVG, PDF or self-contained HTML.
 
         Args:
             path: target file (default: export_dir/attention-<layer>-<head>[-step<N>].<fmt>).
-            format: "png" or "svg" (default: the path's suffix, else "png").
+            format: "png", "svg", "pdf" or "html" (default: the path's suffix, else "png").
+                The HTML page holds the figure as SVG and the explorer's state as JSON.
 
         Returns:
             The path written.
@@ -412,7 +413,11 @@ class AttentionExplorer:
                 self.example, fmt)
             path = os.path.join(self.export_dir, re.sub(r"[^A-Za-z0-9._-]+", "_", name))
         fmt = export_format(path, format)
-        data = self.png() if fmt == "png" else self._drawing.render("svg")
+        if fmt == "png":
+            data = self.png()
+        else:
+            data = self._drawing.render(fmt, title="attention: %s" % self.title(),
+                                        data={"state": self.state})
         self.last_export = atomic_write_bytes(os.fspath(path), data)
         return self.last_export
 

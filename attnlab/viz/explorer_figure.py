@@ -20,6 +20,7 @@ import io
 
 import numpy as np
 
+from attnlab.viz.figure_export import figure_bytes
 from attnlab.viz.plots import tick_positions
 
 DIM_ALPHA = 0.6  # white at 60% over the rows that are not selected
@@ -236,8 +237,6 @@ class ExplorerFigure:
             return self._png
         return self.render("png")
 
-    def render(self, fmt):
-        """A full render of the figure as `fmt` ("png" or "svg") bytes."""
-        buffer = io.BytesIO()
-        self.figure.savefig(buffer, format=fmt, dpi=self.figure.dpi)
-        return buffer.getvalue()
+    def render(self, fmt, **html_options):
+        """A full render of the figure as `fmt` (png, svg, pdf or html) bytes."""
+        return figure_bytes(self.figure, fmt, dpi=self.figure.dpi, **html_options)

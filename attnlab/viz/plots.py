@@ -4,17 +4,18 @@ Maps are drawn with matplotlib's `imshow` (one raster image, nearest interpolati
 stays fast and readable for 512+ tokens where one rectangle per cell (seaborn's heatmap)
 does not; tick labels are thinned to at most `max_ticks` per axis.
 """
-import io
 import math
-import os
-import tempfile
 
 import numpy as np
 
 from attnlab.validation import check_positive_int
 from attnlab.viz.aggregate import as_weights
-
-EXPORT_FORMATS = ("png", "svg")
+from attnlab.viz.figure_export import (  # noqa: F401  (their home before figure_export)
+    EXPORT_FORMATS,
+    atomic_write_bytes,
+    export_format,
+    save_figure_as,
+)
 
 
 def tick_positions(length, max_ticks):
@@ -211,38 +212,14 @@ def plot_layers(layers, example=0, share_scale=True, cmap="viridis", thumb_size=
     return fig
 
 
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temporary file and os.replace (never half written)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def export_format(path, format=None):
-    """The export format ("png" or "svg") from `format` or the file suffix."""
-    fmt = (format or os.path.splitext(str(path))[1].lstrip(".")).lower()
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError("can export %s only, got %r for path %r"
-                         % (" or ".join(EXPORT_FORMATS), fmt, str(path)))
-    return fmt
-
-
 def save_figure(fig, path, format=None, dpi=None):
-    """Save a figure as PNG or SVG, atomically.
+    """Save a figure as PNG, SVG, PDF or self-contained HTML, atomically.
 
     Args:
         fig: matplotlib Figure.
-        path: target file; its suffix (.png or .svg) picks the format unless `format` is set.
-        format: "png" or "svg".
+        path: target file; its suffix (.png, .svg, .pdf, .html) picks the format unless
+            `format` is set.
+        format: one of "png", "svg", "pdf", "html".
         dpi: resolution for PNG (default: the figure's).
 
     Returns:
@@ -252,7 +229,4 @@ def save_figure(fig, path, format=None, dpi=None):
         >>> save_figure(plot_heads(np.random.rand(2, 3, 3)), "heads.svg")
         'heads.svg'
     """
-    fmt = export_format(path, format)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
-    return atomic_write_bytes(str(path), buffer.getvalue())
+    return save_figure_as(fig, path, format=format, dpi=dpi, bbox_inches="tight")

@@ -4,6 +4,7 @@ References are computed here with NumPy (indexing, mean, max, a float64 rollout 
 with the explorer's helpers.
 """
 import io
+import json
 
 import matplotlib
 import numpy as np
@@ -205,6 +206,18 @@ def test_export_png_is_exactly_what_is_shown_and_svg(tmp_path):
     with open(svg, "rb") as f:
         text = f.read()
     assert b"<svg" in text and b"enc0 \xc2\xb7 head 1" in text or b"<image" in text
+
+
+def test_export_pdf_and_html_hold_the_shown_view(tmp_path):
+    ex = _explorer(export_dir=str(tmp_path))
+    ex.set_state(head=1, selected_tokens=[2])
+    with open(ex.export(format="pdf"), "rb") as f:
+        assert f.read(5) == b"%PDF-"
+    with open(ex.export(str(tmp_path / "view.html")), encoding="utf-8") as f:
+        page = f.read()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page
+    blob = page.split('id="attnlab-data">')[1].split("</script>")[0]
+    assert json.loads(blob)["state"] == ex.state
 
 
 def test_export_button_writes_into_export_dir(tmp_path):
