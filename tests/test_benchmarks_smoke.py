@@ -38,6 +38,11 @@ EXPECTED = {
          ["case", "local_attention", "per-position loop", "speed-up"]],
         ["L=64", "L=128", "L=256", "L=32 w=4"],
         ["3 local linear in L (w=8)", "3 local vs loop L=32 w=4"]),
+    "integrated_gradients.py": (
+        [["case", "ms", "ms per explanation", "ratio to forward"]],
+        ["B=1 forward", "B=1 gradient x4", "B=1 integrated_gradients 4 steps", "B=2 forward",
+         "B=2 integrated_gradients 4 steps"],
+        ["IG 4 steps, 2 layers, T=16, B=1", "IG 4 steps, 2 layers, T=16, B=2"]),
     "moe_speed.py": (
         [["case", "step ms", "time / dense", "parameters", "parameters / dense"]],
         ["dense FFN", "MoE gather", "MoE buffer"],

@@ -307,7 +307,9 @@ def integrated_gradients(model, inputs, embedding_layer=None, baseline="zeros", 
         rows = row_examples[start:start + batch_size]
         which = row_points[start:start + batch_size]
         _, gradient = run(rows, points[which], True)
-        np.add.at(integral, rows, gradient * point_weights[which][:, None, None])
+        weighted = gradient * point_weights[which][:, None, None]
+        for example in np.unique(rows):  # rows run example by example: few slices
+            integral[example] += weighted[rows == example].sum(axis=0)
     per_dimension = (embedded - base) * integral
     attributions = per_dimension.sum(axis=-1)
     sums = attributions.sum(axis=-1)
