@@ -157,3 +157,28 @@ def test_graph_mode_is_refused():
     ids = tf.constant([[1, 2, 3, 4]])
     with pytest.raises(RuntimeError, match="needs eager execution"):
         tf.function(lambda: integrated_gradients(model, ids))()
+
+
+def test_hugging_face_model_with_dict_inputs_and_its_embedding_layer():
+    from attnlab.models.hf_tiny import tiny_hf_model
+
+    model, tokenizer = tiny_hf_model("bert")
+    batch = dict(tokenizer(["the cat sat on the mat", "a dog"], padding=True,
+                           return_tensors="tf"))
+
+    def first_token(outputs):   # row-wise: one value per example from its [CLS] vector
+        return tf.reduce_sum(outputs.last_hidden_state[:, 0, :4], axis=-1)
+
+    # BERT's embedding output is layer-normalized: the zero baseline sits where the next
+    # LayerNorm jumps (f(0) = 0, f(a x) = f(x) for a >> 1e-6), a spike no quadrature sees.
+    # The embeddings of an all-[PAD] input are the baseline instead.
+    pads = model.bert.embeddings(input_ids=tf.zeros_like(batch["input_ids"])).numpy()
+    got = integrated_gradients(model, batch, embedding_layer=model.bert.embeddings,
+                               baseline=pads, target=first_token, steps=32)
+    want = first_token(model(batch)).numpy()
+    np.testing.assert_allclose(got.input_values, want, rtol=1e-5, atol=1e-6)
+    assert got.attributions.shape == batch["input_ids"].shape
+    assert np.all(np.abs(got.input_values - got.baseline_values) > 1e-2)
+    np.testing.assert_allclose(got.attribution_sums, got.input_values - got.baseline_values,
+                               rtol=0.01)
+    assert "call" not in vars(model.bert.embeddings)
