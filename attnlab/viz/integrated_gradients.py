@@ -219,7 +219,10 @@ def integrated_gradients(model, inputs, embedding_layer=None, baseline="zeros", 
         embedding_layer: the layer whose (B, T, D) output is attributed: a layer, its name
             or path; default the model's only tf.keras.layers.Embedding.
         baseline: "zeros" (the all-zero embedding) or an array broadcastable to (B, T, D)
-            (e.g. the embedding of a padding token, shape (D,)).
+            (e.g. the embedding of a padding token, shape (D,)). Where a LayerNorm
+            follows the embeddings (BERT's embedding layer ends with one), zero is a
+            degenerate point (the normalized output jumps near it) and completeness fails:
+            use the embeddings of an all-padding input there.
         steps: points of the quadrature rule (>= 1; >= 2 for "trapezoid").
         target: the explained value per example (see `attnlab.viz.explanation_targets`):
             None = the output at the class predicted for the input, held fixed along the

@@ -108,3 +108,15 @@ def test_bad_inputs_are_named():
         plot_relevance(relevance, example=3)
     with pytest.raises(ValueError, match="tokens has 3 tokens"):
         plot_relevance(relevance, tokens=["a", "b", "c"])
+
+
+def test_explanation_modules_import_without_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; import attnlab.viz.relevance, attnlab.viz.attention_flow, "
+            "attnlab.viz.integrated_gradients, attnlab.viz.attention_gradients; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
