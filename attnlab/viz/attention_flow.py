@@ -19,9 +19,9 @@ from attnlab.viz.aggregate import as_weights
 from attnlab.viz.rollout import HEAD_FUSIONS, _fuse
 
 # Largest batch * layers * tokens**4 attention_flow accepts by default: about ten seconds.
-# Measured (one process, a 2-core machine under load 4): 0.25 to 1.1 microseconds per unit
-# of work, the most for sharp attention; 4 layers x 48 tokens (2.1e7) took 9.2 s, 4 x 32
-# (4.2e6) 1.0 to 3.0 s, 12 x 32 (1.3e7) 4.8 s.
+# Measured by benchmarks/attention_flow.py (2-core machine under load 4 to 6): 0.25 to 1.1
+# microseconds per unit of work, the most for sharp attention; 4 layers x 44 tokens
+# (1.5e7) took 6.3 s, 4 x 48 (2.1e7) 9.2 s, 12 x 32 (1.3e7) 3.7 to 4.8 s.
 FLOW_WORK_LIMIT = 1.6e7
 # Residual capacity below this counts as saturated: capacities are at most 1, so float
 # rounding leaves crumbs near 1e-16 that must not become augmenting paths.
