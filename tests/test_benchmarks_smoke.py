@@ -38,6 +38,15 @@ EXPECTED = {
          ["case", "local_attention", "per-position loop", "speed-up"]],
         ["L=64", "L=128", "L=256", "L=32 w=4"],
         ["3 local linear in L (w=8)", "3 local vs loop L=32 w=4"]),
+    "attention_flow.py": (
+        [["case", "work L*T^4", "flow s", "flow us per work", "rollout ms"]],
+        ["L=2 T=4", "L=2 T=8", "L=4 T=8"],
+        ["attention flow at the largest size tried (L=4 T=8)"]),
+    "integrated_gradients.py": (
+        [["case", "ms", "ms per explanation", "ratio to forward"]],
+        ["B=1 forward", "B=1 gradient x4", "B=1 integrated_gradients 4 steps", "B=2 forward",
+         "B=2 integrated_gradients 4 steps"],
+        ["IG 4 steps, 2 layers, T=16, B=1", "IG 4 steps, 2 layers, T=16, B=2"]),
     "moe_speed.py": (
         [["case", "step ms", "time / dense", "parameters", "parameters / dense"]],
         ["dense FFN", "MoE gather", "MoE buffer"],
