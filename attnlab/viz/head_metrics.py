@@ -57,7 +57,11 @@ def source_snapshot(source, query_tokens=None, key_tokens=None, step=None, name=
     if isinstance(source, AttentionSnapshot):
         snapshots = [source]
     elif isinstance(source, dict):
-        snapshots = [make_snapshot(source, query_tokens, key_tokens)]
+        try:
+            snapshots = [make_snapshot(source, query_tokens, key_tokens)]
+        except (TypeError, ValueError) as err:
+            # Which of several sources (compare_attention's a or b) is at fault.
+            raise type(err)("%s: %s" % (name, err)) from None
     elif isinstance(source, (str, os.PathLike)):
         snapshots = load_attention_snapshots(source)
         if not snapshots:
