@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from attnlab.viz.aggregate import as_weights
 from attnlab.viz.snapshots import AttentionSnapshot, load_attention_snapshots, make_snapshot
 
 METRICS = ("entropy", "distance", "first_token_share", "sink_share", "max_weight")
@@ -228,6 +229,8 @@ def _cross_layers(snapshot, cross_attention):
                 if "cross" in n.lower() or w.shape[2] != w.shape[3]}
     if isinstance(cross_attention, str):
         cross_attention = [cross_attention]
+    if not isinstance(cross_attention, (list, tuple, set)):
+        raise TypeError("cross_attention must be layer names, got %r" % (cross_attention,))
     names = list(cross_attention)
     unknown = [n for n in names if n not in snapshot.weights]
     if unknown:
@@ -279,6 +282,8 @@ def head_metrics(source, query_tokens=None, key_tokens=None, query_mask=None, pa
     metrics = tuple(m for m in METRICS if m != "sink_share" or sinks is not None)
     rows, maps = [], []
     for layer, w in snapshot.weights.items():
+        # A snapshot given as it is (not through make_snapshot) is checked here.
+        w = as_weights(w, "weights[%r]" % layer, 4, 4)
         p, used = normalized_rows(w, valid[layer], "weights[%r]" % layer)
         counts = used.sum(axis=(0, 2))
         if not counts.all():

@@ -259,6 +259,8 @@ def test_sources_run_folder_step_and_snapshot_list(tmp_path):
     (lambda w: head_metrics(w, sink_tokens=[]), ValueError, r"sink_tokens must name"),
     (lambda w: head_metrics(w, similarity="l2"), ValueError, r"similarity must be one of"),
     (lambda w: head_metrics(w, pad_token=0), TypeError, r"pad_token must be a token"),
+    (lambda w: head_metrics(w, cross_attention=3), TypeError,
+     r"cross_attention must be layer names"),
     (lambda w: head_metrics(w, cross_attention=["dec"]), ValueError,
      r"cross_attention names unknown layers"),
     (lambda w: head_metrics(w, query_mask=np.zeros((2, 5), bool)), ValueError,
@@ -278,6 +280,13 @@ def test_sources_run_folder_step_and_snapshot_list(tmp_path):
 def test_bad_inputs_name_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call(_weights())
+
+
+def test_a_snapshot_with_nan_is_refused():
+    w = _weights()
+    w["enc1"][0, 1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"weights\['enc1'\] must be finite, got 1 NaN"):
+        head_metrics(AttentionSnapshot(3, 1, w, TOKENS, TOKENS))
 
 
 def test_empty_run_folder_is_refused(tmp_path):
@@ -316,3 +325,15 @@ def test_plot_head_similarity_shows_the_matrix():
 def test_head_metrics_class_is_returned():
     assert isinstance(head_metrics(_weights()), HeadMetrics)
     assert "3 layers, 7 heads" in repr(head_metrics(_weights()))
+
+
+def test_importing_the_metrics_and_comparison_loads_neither_tensorflow_nor_widgets():
+    import subprocess
+
+    code = ("import sys, attnlab.viz.head_metrics, attnlab.viz.compare_attention, "
+            "attnlab.viz.head_metrics_table; "
+            "print(sorted(m for m in ('tensorflow', 'ipywidgets', 'pandas') if m in "
+            "sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
