@@ -65,7 +65,8 @@ class HeadMetricsTable:
         export_dir: folder the export button writes to (default: the run folder for a run
             source, else the current folder).
         cmap: colormap of the map.
-        figsize: map size in inches; dpi: CSS pixels per inch.
+        figsize: map size in inches (default: at least 5 x 3.6, grown with the number of
+            heads and layers so the values stay readable); dpi: CSS pixels per inch.
 
     Example:
         >>> table = HeadMetricsTable({"enc": weights}, sort_by="entropy")
@@ -77,7 +78,7 @@ class HeadMetricsTable:
     def __init__(self, source, query_tokens=None, key_tokens=None, query_mask=None,
                  pad_token=None, sink_tokens=None, cross_attention=None, step=None,
                  sort_by="entropy", descending=False, metric=None, backend="auto",
-                 export_dir=None, cmap="viridis", figsize=(5.0, 3.6), dpi=100):
+                 export_dir=None, cmap="viridis", figsize=None, dpi=100):
         import ipywidgets as widgets
 
         check_choice("backend", backend, ("auto", "ipympl", "image"))
@@ -100,6 +101,10 @@ class HeadMetricsTable:
         self._holding = False
         self._order = list(range(len(self.metrics.rows)))
         self._mode = _choose_backend(backend)
+        if figsize is None:
+            heads = max(r["head"] for r in self.metrics.rows) + 1
+            figsize = (max(5.0, 1.8 + 0.6 * heads),
+                       max(3.6, 1.2 + 0.4 * len(self.metrics.layers)))
         self._make_figure(figsize, dpi)
         self._build_controls(widgets)
         self._arrange(widgets)
@@ -216,6 +221,9 @@ class HeadMetricsTable:
             if isinstance(head, bool) or not isinstance(head, (int, np.integer)):
                 raise TypeError("head must be an integer, got %r" % (head,))
             self.metrics.row(layer, int(head))  # ValueError naming the pair
+        # A new order only rewrites the table; the map is redrawn when what it shows changes.
+        redraw = self.image is None or (changes.get("metric", self.metric), layer, int(head)) \
+            != (self.metric, self.layer, self.head)
         with self._held():
             for name in ("sort_by", "descending", "metric"):
                 if name in changes:
@@ -223,7 +231,7 @@ class HeadMetricsTable:
                     self.controls[name].value = changes[name]
             self.layer, self.head = layer, int(head)
             self._sync_table()
-        self._refresh()
+        self._refresh(redraw)
 
     def observe(self, callback):
         """Call `callback(state)` after every change (from the page or from Python)."""
@@ -292,7 +300,15 @@ class HeadMetricsTable:
         return [header] + [label for label, _ in self.controls["table"].options]
 
     # ---------------------------------------------------------------- drawing
-    def _refresh(self):
+    def _refresh(self, redraw=True):
+        if redraw:
+            self._draw_map()
+        self.status.value = ""
+        state = self.state
+        for callback in self._observers:
+            callback(state)
+
+    def _draw_map(self):
         from attnlab.viz.head_metrics import plot_metric_map
 
         self.figure.clear()
@@ -308,10 +324,6 @@ class HeadMetricsTable:
             self.figure.canvas.draw()
             self._png = png_bytes(self.figure.canvas)
             self.view.value = self._png
-        self.status.value = ""
-        state = self.state
-        for callback in self._observers:
-            callback(state)
 
     def map_data(self):
         """The (layers, heads) masked array the map now shows."""
