@@ -1,7 +1,8 @@
 """Two attentions on the same inputs, head by head: A - B and how far apart they are.
 
 A and B are two checkpoints of one run (`compare_snapshots(run, step_a, step_b)`), two
-runs or two models, given as dicts layer -> (B, H, T, S) weights or AttentionSnapshots.
+runs (two run folders: their last snapshots) or two models, given as dicts layer ->
+(B, H, T, S) weights or AttentionSnapshots.
 They must have the same layers, shapes and tokens. Per head the summary gives
 
     mean_abs  mean |A - B| over the weights of the valid query rows
@@ -74,8 +75,8 @@ def compare_attention(a, b, query_tokens=None, key_tokens=None, query_mask=None,
     """Difference A - B and divergence per head of two attentions on the same inputs.
 
     Args:
-        a, b: dict layer -> (B, H, T, S) weights or AttentionSnapshot (e.g. two
-            checkpoints, runs or models on the same probe batch).
+        a, b: dict layer -> (B, H, T, S) weights, AttentionSnapshot, or a run folder (its
+            last snapshot): two checkpoints, runs or models on the same probe batch.
         query_tokens, key_tokens: tokens of dict sources (see `make_snapshot`).
         query_mask: (B, T) bool, True = a real query, or a dict layer -> (B, T).
         pad_token: queries labelled with this token are left out.

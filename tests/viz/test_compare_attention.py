@@ -118,6 +118,22 @@ def test_compare_snapshots_of_a_run_folder(tmp_path):
         compare_snapshots(str(tmp_path), 0, 30)
 
 
+def test_two_run_folders_compare_their_last_snapshots(tmp_path):
+    save_attention_snapshot(tmp_path / "a", 0, 0, _weights(5), TOKENS, TOKENS)
+    save_attention_snapshot(tmp_path / "a", 50, 1, _weights(6), TOKENS, TOKENS)
+    save_attention_snapshot(tmp_path / "b", 50, 1, _weights(7), TOKENS, TOKENS)
+    result = compare_attention(str(tmp_path / "a"), str(tmp_path / "b"))
+    np.testing.assert_allclose(result.difference["cross"],
+                               _weights(6)["cross"].astype(np.float32)
+                               - _weights(7)["cross"].astype(np.float32))
+    other = [list(row) for row in TOKENS]
+    other[0][0] = "a"
+    save_attention_snapshot(tmp_path / "c", 50, 1, _weights(7), other, other)
+    with pytest.raises(ValueError, match=r"query_tokens differ at example 0, position 0: "
+                                         r"'the' in a, 'a' in b"):
+        compare_attention(str(tmp_path / "a"), str(tmp_path / "c"))
+
+
 def test_mismatches_are_named():
     wa = _weights(0)
     with pytest.raises(ValueError, match=r"only in a \['cross'\], only in b \[\]"):
