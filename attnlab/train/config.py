@@ -35,6 +35,8 @@ TRAIN_SCHEMA = {
     "checkpoint_every": ((int, type(None)), None, None),
     "keep_checkpoints": (int, 3, None),
     "snapshot_every": (int, 1, None),
+    # Probe attention images and head metrics in TensorBoard at every snapshot.
+    "attention_summaries": (bool, True, None),
     "deterministic": (bool, False, None),
     "distribute": (str, "none", ("none", "mirrored", "multi_worker")),
     # multi_worker: seconds a collective op waits for the other workers before the run

@@ -408,6 +408,7 @@ def make_trainer(config, task, run, strategy, verbose, restore_from=None):
                    keep_checkpoints=train["keep_checkpoints"], seed=train["seed"],
                    verbose=verbose, probe=_probe(task, config["eval"]["probe_size"]),
                    snapshot_every=train["snapshot_every"], finish_run=False,
+                   attention_summaries=train["attention_summaries"],
                    scheduled_sampling=make_scheduled_sampling(train, task),
                    restore_from=restore_from)
 

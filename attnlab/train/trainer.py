@@ -151,6 +151,9 @@ class Trainer:
         probe: optional (x, query_tokens, key_tokens) batch whose attention weights are saved
             every `snapshot_every` epochs into run_dir/attention/.
         snapshot_every: epochs between attention snapshots.
+        attention_summaries: with a probe, also write the probe's attention maps (images)
+            and head metrics (scalars attention/<layer>/head<h>/<metric>) to the run's
+            TensorBoard folder at every snapshot (see AttentionSummaries).
         restore_from: checkpoints folder to restore from (default: the run folder's); a
             non-chief worker, whose run folder is a scratch one, restores from the chief's.
         finish_run: mark the run folder "finished" when `fit` completes; False when the
@@ -170,9 +173,14 @@ class Trainer:
     def __init__(self, model, optimizer, loss, metrics=None, strategy=None, jit_compile=False,
                  clip_norm=None, nan_policy="stop", run_dir=None, checkpoint_every=None,
                  keep_checkpoints=3, seed=0, verbose=1, probe=None, snapshot_every=1,
-                 finish_run=True, scheduled_sampling=None, restore_from=None):
+                 finish_run=True, scheduled_sampling=None, restore_from=None,
+                 attention_summaries=True):
         _check_arguments(model, nan_policy, clip_norm, checkpoint_every, snapshot_every,
                          keep_checkpoints, jit_compile)
+        if not isinstance(attention_summaries, bool):
+            raise TypeError("attention_summaries must be a bool, got %r"
+                            % (attention_summaries,))
+        self.attention_summaries = attention_summaries
         self.model = model
         self.strategy = strategy or tf.distribute.get_strategy()
         self.jit_compile = jit_compile
@@ -534,7 +542,8 @@ class Trainer:
             observers.append(ProgressBar())
         if self.is_chief and self.run is not None:
             observers += run_folder_observers(self.run, self.probe, self.snapshot_every,
-                                              finish=self.finish_run)
+                                              finish=self.finish_run,
+                                              attention_summaries=self.attention_summaries)
         observers += list(callbacks or [])
         counters = RunCounters(self.step, self.epoch, self.batch_in_epoch)
         for observer in observers:

@@ -5,10 +5,12 @@
     run_log, run_status   train.log, status.json
     tensorboard           TensorBoardScalars (RUN/tb)
     attention_snapshots   AttentionSnapshots (RUN/attention)
+    attention_summaries   AttentionSummaries (probe attention images and head metrics, RUN/tb)
     progress              ProgressBar (terminal / output.log)
     stop_on_signal        StopOnSignal (SIGTERM -> model.stop_training)
 """
 from attnlab.train.observers.attention_snapshots import AttentionSnapshots
+from attnlab.train.observers.attention_summaries import AttentionSummaries
 from attnlab.train.observers.progress import ProgressBar
 from attnlab.train.observers.run_folder import run_folder_observers
 from attnlab.train.observers.run_log import RunLog
@@ -17,6 +19,6 @@ from attnlab.train.observers.run_status import RunStatus
 from attnlab.train.observers.stop_on_signal import StopOnSignal
 from attnlab.train.observers.tensorboard import TensorBoardScalars
 
-__all__ = ["AttentionSnapshots", "ProgressBar", "RunCounters", "RunLog", "RunObserver",
-           "RunStatus", "StopOnSignal", "TensorBoardScalars", "fit_observed",
-           "run_folder_observers"]
+__all__ = ["AttentionSnapshots", "AttentionSummaries", "ProgressBar", "RunCounters",
+           "RunLog", "RunObserver", "RunStatus", "StopOnSignal", "TensorBoardScalars",
+           "fit_observed", "run_folder_observers"]

@@ -1,4 +1,6 @@
 """AttentionSnapshots: the attention of a fixed probe batch, saved into RUN/attention/."""
+import collections
+
 import numpy as np
 
 from attnlab.train.observers.run_observer import RunObserver
@@ -41,13 +43,27 @@ class AttentionSnapshots(RunObserver):
         # Imported here: the viz stack (matplotlib) loads only for runs that snapshot.
         from attnlab.viz.snapshots import save_attention_snapshot
 
-        x, query_tokens, key_tokens = self.probe
-        _, weights = self.model(x, training=False, return_attention=True)
-        weights = {name: np.asarray(w, np.float32) for name, w in weights.items()}
-        # Snapshot tokens belong to the first layer: put first a layer whose (T, S) they fit
-        # (for a seq2seq model, the cross-attention: target queries over source keys).
-        t, s = len(query_tokens[0]), len(key_tokens[0])
-        names = sorted(weights, key=lambda n: weights[n].shape[2:] != (t, s))
+        _, query_tokens, key_tokens = self.probe
         save_attention_snapshot(self.run_path, self.global_step, epoch,
-                                {name: weights[name] for name in names}, query_tokens,
+                                probe_attention(self.model, self.probe), query_tokens,
                                 key_tokens)
+
+
+def probe_attention(model, probe):
+    """The model's attention on the probe batch: OrderedDict layer -> (B, H, T, S) float32.
+
+    Snapshot tokens belong to the first layer, so a layer whose (T, S) the probe's tokens
+    fit comes first (for a seq2seq model, the cross-attention: target queries over source
+    keys); the other layers keep the model's order.
+
+    Args:
+        model: a model whose call takes `return_attention=True` and then returns
+            (output, weights dict).
+        probe: (x, query_tokens, key_tokens).
+    """
+    x, query_tokens, key_tokens = probe
+    _, weights = model(x, training=False, return_attention=True)
+    weights = {name: np.asarray(w, np.float32) for name, w in weights.items()}
+    t, s = len(query_tokens[0]), len(key_tokens[0])
+    names = sorted(weights, key=lambda n: weights[n].shape[2:] != (t, s))
+    return collections.OrderedDict((name, weights[name]) for name in names)

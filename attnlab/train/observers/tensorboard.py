@@ -23,6 +23,13 @@ class TensorBoardScalars(RunObserver):
         self.log_dir = str(log_dir)
         self._writer = None
 
+    @property
+    def writer(self):
+        """The open summary writer (None outside training): other observers that write
+        into the same folder share it, because TensorBoard follows only the newest event
+        file of a folder while a run writes."""
+        return self._writer
+
     def on_train_begin(self, logs=None):
         self._writer = tf.summary.create_file_writer(self.log_dir)
 
