@@ -170,3 +170,25 @@ def test_trainer_passes_its_counters_and_the_run_hooks_to_callbacks(tmp_path):
 def test_bad_snapshot_interval_names_the_value(tmp_path):
     with pytest.raises(ValueError, match="every must be a positive integer or None, got 0"):
         AttentionSnapshots(str(tmp_path), None, every=0)
+
+
+def test_a_functional_model_is_snapshotted_through_capture_attention(tmp_path):
+    # A functional model has no return_attention argument: its attention layer's own
+    # weights are read during the probe call and equal those the layer returns itself.
+    from attnlab.layers import MultiHeadAttention
+
+    tokens = tf.keras.Input(shape=(5,), dtype="int32")
+    x = tf.keras.layers.Embedding(7, 8)(tokens)
+    attention = MultiHeadAttention(num_heads=2, key_dim=4, name="attention")
+    pooled = tf.keras.layers.GlobalAveragePooling1D()(attention(x, x))
+    model = tf.keras.Model(tokens, tf.keras.layers.Dense(2)(pooled))
+    ids = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]], np.int32)
+    labels = [list("abcde"), list("edcba")]
+    trainer = Trainer(model, tf.keras.optimizers.SGD(0.1), _loss(), run_dir=str(tmp_path),
+                      verbose=0, probe=(ids, labels, labels), attention_summaries=False)
+    trainer.fit(tf.data.Dataset.from_tensor_slices((ids, np.array([0, 1]))).batch(2), epochs=1)
+    snapshots = load_attention_snapshots(str(tmp_path))
+    assert [s.epoch for s in snapshots] == [0, 1]
+    embedded = model.layers[1](ids)
+    _, expected = attention(embedded, embedded, return_attention_scores=True)
+    np.testing.assert_allclose(snapshots[-1].weights["attention"], expected.numpy(), atol=1e-6)

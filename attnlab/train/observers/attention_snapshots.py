@@ -1,5 +1,6 @@
 """AttentionSnapshots: the attention of a fixed probe batch, saved into RUN/attention/."""
 import collections
+import inspect
 
 import numpy as np
 
@@ -9,9 +10,10 @@ from attnlab.train.observers.run_observer import RunObserver
 class AttentionSnapshots(RunObserver):
     """Saves the probe's attention weights before training and every `every` epochs.
 
-    The model must accept `return_attention=True` and then return (output, weights), with
-    weights a dict layer name -> (B, H, T, S). The format belongs to attnlab.viz.snapshots,
-    which the notebooks read.
+    A model whose call accepts `return_attention=True` returns (output, weights), with
+    weights a dict layer name -> (B, H, T, S); any other model (e.g. a functional model of
+    attnlab or tf.keras attention layers) is read by `attnlab.viz.capture_attention`. The
+    format belongs to attnlab.viz.snapshots, which the notebooks read.
 
     Args:
         run_path: the run folder.
@@ -58,12 +60,24 @@ def probe_attention(model, probe):
 
     Args:
         model: a model whose call takes `return_attention=True` and then returns
-            (output, weights dict).
+            (output, weights dict), or any model `attnlab.viz.capture_attention` reads.
         probe: (x, query_tokens, key_tokens).
     """
     x, query_tokens, key_tokens = probe
-    _, weights = model(x, training=False, return_attention=True)
+    if _takes_return_attention(model):
+        _, weights = model(x, training=False, return_attention=True)
+    else:
+        from attnlab.viz.capture import capture_attention
+
+        weights = capture_attention(model, x).weights
     weights = {name: np.asarray(w, np.float32) for name, w in weights.items()}
     t, s = len(query_tokens[0]), len(key_tokens[0])
     names = sorted(weights, key=lambda n: weights[n].shape[2:] != (t, s))
     return collections.OrderedDict((name, weights[name]) for name in names)
+
+
+def _takes_return_attention(model):
+    try:
+        return "return_attention" in inspect.signature(model.call).parameters
+    except (TypeError, ValueError):
+        return False
