@@ -38,6 +38,12 @@ EXPECTED = {
          ["case", "local_attention", "per-position loop", "speed-up"]],
         ["L=64", "L=128", "L=256", "L=32 w=4"],
         ["3 local linear in L (w=8)", "3 local vs loop L=32 w=4"]),
+    "line_view_update.py": (
+        [["case", "lines drawn", "update ms", "goal ms", "ms / goal"]],
+        ["16 tokens, first 16 shown, select token", "16 tokens, first 16 shown, toggle head",
+         "24 tokens, all 24 shown, select token", "24 tokens, all 24 shown, toggle head"],
+        ["line view update 16 tokens (first 16 shown)",
+         "line view update 24 tokens (all 24 shown)"]),
     "moe_speed.py": (
         [["case", "step ms", "time / dense", "parameters", "parameters / dense"]],
         ["dense FFN", "MoE gather", "MoE buffer"],

@@ -16,6 +16,9 @@ HTML export's script (`LINE_VIEW_SCRIPT`) isolates a token's lines on click.
 Like the explorer's figure (`attnlab.viz.explorer_figure`), the "image" mode draws the
 static part (labels, column headers) once and, on an update, restores it and draws only
 the lines, the highlighted tokens, the legend and the title before encoding the PNG.
+Rasterizing a line costs Agg about 10 microseconds, so a head with many lines is drawn
+into a layer of its own that is kept while its lines stay the same: switching heads on
+and off then composites layers instead of drawing thousands of lines again.
 """
 import numpy as np
 
@@ -48,6 +51,8 @@ class LineFigure:
         max_labels: at most this many token labels per column (every k-th token).
         linewidth: width of the lines in points.
     """
+
+    layer_min_lines = 400  # a head with fewer lines is drawn directly on every update
 
     def __init__(self, mode, figsize, dpi, pixel_ratio, max_labels, linewidth):
         from matplotlib.figure import Figure
@@ -86,6 +91,8 @@ class LineFigure:
         self.labels = []  # (side, token index, Text) of the drawn labels
         self.windows = ((0, 1), (0, 1))
         self._background = None
+        self._layers = {}  # head -> (its lines' key, offset, gain) of the axes area
+        self._line_keys = {}
         self._png = b""
 
     @property
@@ -109,6 +116,7 @@ class LineFigure:
             artist.remove()
         self.colors = head_colors(count)
         self.collections, self.legend = [], []
+        self._layers, self._line_keys = {}, {}
         for h in range(count):
             collection = LineCollection(np.zeros((0, 2, 2)), linewidths=self.linewidth,
                                         capstyle="round")
@@ -156,14 +164,21 @@ class LineFigure:
 
         Args:
             lines: (N, 4) rows (head, query, key, weight) from `attention_lines`.
-            heads: the heads drawn (the others are grey in the legend).
+            heads: the heads drawn (the others are hidden, and grey in the legend).
             selected: (query index or None, key index or None) to highlight.
             tokens: (query tokens, key tokens) of the example shown.
             title: the title text.
         """
         head_of = lines[:, 0].astype(int)
         for h, collection in enumerate(self.collections):
+            # A head switched off keeps its lines (and layer) for when it comes back.
+            collection.set_visible(h in heads)
+            if h not in heads:
+                continue
             mine = lines[head_of == h]
+            key = (self.windows, mine.tobytes())
+            if key == self._line_keys.get(h):
+                continue  # new paths cost microseconds per line: keep the drawn ones
             segments = np.empty((len(mine), 2, 2))
             segments[:, 0, 0], segments[:, 1, 0] = 0.0, 1.0
             segments[:, 0, 1] = self.y("query", mine[:, 1])
@@ -173,6 +188,7 @@ class LineFigure:
             colors[:, 3] = np.clip(mine[:, 3], 0.0, 1.0)
             collection.set_segments(segments)
             collection.set_color(colors)
+            self._line_keys[h] = key
         for h, text in enumerate(self.legend):
             text.set_color(self.colors[h] if h in heads else UNSELECTED_HEAD)
         for side, index, text in (("query", selected[0], self.query_highlight),
@@ -190,11 +206,71 @@ class LineFigure:
                 self.canvas.draw()
                 self._background = self.canvas.copy_from_bbox(self.figure.bbox)
         self.canvas.restore_region(self._background)
-        for artist in self._dynamic():
+        self._draw_lines()
+        for artist in self._dynamic()[len(self.collections):]:
             if artist.get_visible():
                 self.figure.draw_artist(artist)
-        self._png = png_bytes(self.canvas)
+        self._png = png_bytes(self.canvas, run_length=True)
         return self._png
+
+    def _draw_lines(self):
+        """Each head's lines over the restored background, in head order."""
+        buffer = np.asarray(self.canvas.get_renderer().buffer_rgba())
+        area = self._axes_area(buffer.shape[0])
+        blended = None  # the axes area as float RGB while layers are being composited
+        for h, collection in enumerate(self.collections):
+            count = len(collection.get_paths()) if collection.get_visible() else 0
+            if count and count < self.layer_min_lines:
+                if blended is not None:
+                    buffer[area + (slice(0, 3),)] = blended + 0.5
+                    blended = None
+                self.figure.draw_artist(collection)
+            elif count:
+                cached = self._layers.get(h)
+                if cached is None or cached[0] != self._line_keys[h]:
+                    cached = (self._line_keys[h],) + self._render_layer(collection, self.colors[h],
+                                                                             area)
+                    self._layers[h] = cached
+                if blended is None:
+                    blended = buffer[area + (slice(0, 3),)].astype(np.float32)
+                blended *= cached[2]  # the background through the lines' gain
+                blended += cached[1]  # plus their offset
+        if blended is not None:
+            buffer[area + (slice(0, 3),)] = blended + 0.5
+
+    def _axes_area(self, height):
+        """(rows, cols) slices of a canvas buffer `height` pixels high that hold the axes
+        (the lines are clipped to them)."""
+        x0, y0, x1, y1 = self.ax.bbox.extents
+        return (slice(max(int(height - np.ceil(y1)), 0), int(height - np.floor(y0))),
+                slice(max(int(np.floor(x0)), 0), int(np.ceil(x1))))
+
+    def _render_layer(self, collection, color, area):
+        """`collection` drawn alone, as (offset, gain) of the axes `area` (float32).
+
+        Agg blends each line as dst + (colour - dst) * alpha: the lines of one head map a
+        background linearly, to offset + gain * background with offset = colour * (1 -
+        gain), one gain per pixel as every line of a head has the head's colour. Drawn
+        once on white (the background of a full draw, so Agg's 8-bit rounding is the
+        same), the gain follows from the colour's weakest channel. (A layer on a
+        transparent canvas would lose alpha to that rounding where lines overlap.)
+        """
+        from matplotlib.backends.backend_agg import RendererAgg
+
+        size = tuple(self.figure.bbox.size)
+        renderer = getattr(self, "_layer_renderer", None)
+        if renderer is None or (renderer.width, renderer.height) != size:
+            renderer = self._layer_renderer = RendererAgg(size[0], size[1], self.figure.dpi)
+        pixels = np.asarray(renderer.buffer_rgba())
+        pixels[...] = 255
+        collection.draw(renderer)
+        on_white = pixels[area + (slice(0, 3),)].astype(np.float32)
+        channel = int(np.argmin(color))
+        low = float(color[channel])
+        gain = (on_white[..., channel:channel + 1] * np.float32(1 / 255.0) - low) * \
+            np.float32(1 / (1 - low))
+        offset = on_white - 255 * gain
+        return offset, gain
 
     def _dynamic(self):
         """Artists redrawn on every update, in drawing (z) order."""
@@ -205,7 +281,7 @@ class LineFigure:
         """(N, 4) rows (head, query, key, alpha) read back from the line collections."""
         rows = []
         for h, collection in enumerate(self.collections):
-            segments = collection.get_segments()
+            segments = collection.get_segments() if collection.get_visible() else []
             if not len(segments):
                 continue
             ends = np.asarray(segments)

@@ -291,12 +291,32 @@ def test_isolating_a_token_changes_the_image():
 def test_displayed_png_equals_a_full_render():
     view = _view()
     view.set_state(heads=[0, 2], selected_key=3)
-    shown = _pixels(view.png())
-    buffer = io.BytesIO()
-    view.figure.savefig(buffer, format="png", dpi=view.figure.dpi)
-    full = _pixels(buffer.getvalue())
+    shown, full = _pixels(view.png()), _full_render(view)
     assert shown.shape == full.shape
     assert np.mean(np.abs(shown - full) > 8) < 1e-4
+
+
+def _full_render(view):
+    buffer = io.BytesIO()
+    view.figure.savefig(buffer, format="png", dpi=view.figure.dpi)
+    return _pixels(buffer.getvalue())
+
+
+def test_heads_drawn_as_layers_look_like_a_full_render():
+    # A head of many lines is drawn once into a layer of its own and composited after.
+    n = 40
+    rng = np.random.default_rng(6)
+    w = {"m": _softmax(rng.normal(size=(1, 4, n, n)) * 1.5)}
+    view = TokenLineView(w, backend="image", threshold=0.02)
+    view._drawing.layer_min_lines = 100
+    counts = [np.sum(view.lines()[:, 0] == h) for h in range(4)]
+    assert min(counts) > 100
+    for change in ({"heads": [0, 1, 3]}, {"heads": "all"}, {"head": 2},
+                   {"heads": "all", "threshold": 0.05}, {"selected_key": 7}):
+        view.set_state(**change)
+        shown, full = _pixels(view.png()), _full_render(view)
+        assert np.mean(np.abs(shown - full).max(-1) > 8) < 1e-3, change
+    assert set(view._drawing._layers) == {0, 1, 2, 3}
 
 
 def test_token_buttons_lie_over_the_labels_and_select():
