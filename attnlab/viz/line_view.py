@@ -15,7 +15,8 @@ are drawn is `attnlab.viz.line_selection`; the figure is `attnlab.viz.line_figur
 How a token is clicked in the page:
 - "image": the figure is an `ipywidgets.Image` (no mouse events), so transparent buttons
   lie over the token labels (a CSS grid cell shared with the image);
-- "ipympl": a click on a label text of the canvas.
+- "ipympl": a click on a label text of the canvas; while no token is selected,
+  hovering over a label shows only that token's lines.
 The query and key dropdowns select any token, labelled or not.
 """
 import contextlib
@@ -107,8 +108,10 @@ class TokenLineView:
         self._drawing = LineFigure(self._mode, figsize, dpi, pixel_ratio, max_labels,
                                    linewidth)
         self.figure = self._drawing.figure
+        self.hover = None  # (side, index) of the token label under the mouse (ipympl)
         if self._mode == "ipympl":
             self.figure.canvas.mpl_connect("button_press_event", self._on_click)
+            self.figure.canvas.mpl_connect("motion_notify_event", self._on_hover)
         self._token_buttons = []
         self._build_controls(widgets)
         self._arrange(widgets)
@@ -327,6 +330,14 @@ class TokenLineView:
         if label is not None:
             self._toggle_token(*label)
 
+    def _on_hover(self, event):
+        """While no token is selected, the token under the mouse shows only its lines."""
+        label = self._drawing.label_at(event)
+        if label != self.hover:
+            self.hover = label
+            if self.selected_query is None and self.selected_key is None:
+                self._refresh(notify=False)
+
     @contextlib.contextmanager
     def _held(self):
         """Control changes inside the block are the view's own: they set no state."""
@@ -400,7 +411,7 @@ class TokenLineView:
             parts.append("step %d" % self._panel.step)
         return " \u00b7 ".join(parts)
 
-    def _refresh(self):
+    def _refresh(self, notify=True):
         self._sync_controls()
         drawing = self._drawing
         tokens = self._tokens()
@@ -411,20 +422,25 @@ class TokenLineView:
             self.token_window, self.key_window)
         if relayout:
             self._layout_key = layout_key
+            self.hover = None
             drawing.set_tokens(tokens[0], tokens[1], self.token_window, self.key_window)
+        selected = (self.selected_query, self.selected_key)
+        if selected == (None, None) and self.hover is not None:
+            selected = (self.hover[1], None) if self.hover[0] == "query" else \
+                (None, self.hover[1])
         lines = attention_lines(self._panel.weights()[self.example], self.heads,
                                 self.token_window, self.key_window, self.threshold,
-                                self.max_lines, self.selected_query, self.selected_key)
-        png = drawing.draw(lines, self.heads, (self.selected_query, self.selected_key),
-                           tokens, self._title())
+                                self.max_lines, *selected)
+        png = drawing.draw(lines, self.heads, selected, tokens, self._title())
         if png is not None:
             self.image.value = png
             if relayout:
                 self._place_token_buttons()
         self.status.value = ""
-        state = self.state
-        for callback in self._observers:
-            callback(state)
+        if notify:
+            state = self.state
+            for callback in self._observers:
+                callback(state)
 
     def _place_token_buttons(self):
         """Transparent buttons over the token labels of the image ("image" mode)."""

@@ -349,7 +349,7 @@ def restore_backend():
     matplotlib.use("Agg")
 
 
-def test_ipympl_click_on_a_token_label_selects(restore_backend):
+def test_ipympl_hover_previews_and_click_selects_a_token(restore_backend):
     from ipympl.backend_nbagg import Canvas
 
     view = _view(backend="ipympl")
@@ -359,8 +359,17 @@ def test_ipympl_click_on_a_token_label_selects(restore_backend):
     text = [t for side, i, t in view._drawing.labels if (side, i) == ("key", 2)][0]
     box = text.get_window_extent(renderer)
     x, y = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-    view.figure.canvas.callbacks.process(
-        "button_press_event", MouseEvent("button_press_event", view.figure.canvas, x, y, 1))
+    canvas = view.figure.canvas
+    everything = view.lines()
+    canvas.callbacks.process("motion_notify_event",
+                             MouseEvent("motion_notify_event", canvas, x, y))
+    assert view.hover == ("key", 2) and view.state["selected_key"] is None
+    assert set(view.lines()[:, 2]) == {2}  # hovering previews the token's lines
+    canvas.callbacks.process("motion_notify_event",
+                             MouseEvent("motion_notify_event", canvas, 1, 1))
+    assert view.hover is None and view.lines().shape == everything.shape
+    canvas.callbacks.process("button_press_event",
+                             MouseEvent("button_press_event", canvas, x, y, 1))
     assert view.state["selected_key"] == 2 and set(view.lines()[:, 2]) == {2}
 
 
