@@ -47,6 +47,12 @@ EXPECTED = {
         ["B=1 forward", "B=1 gradient x4", "B=1 integrated_gradients 4 steps", "B=2 forward",
          "B=2 integrated_gradients 4 steps"],
         ["IG 4 steps, 2 layers, T=16, B=1", "IG 4 steps, 2 layers, T=16, B=2"]),
+    "line_view_update.py": (
+        [["case", "lines drawn", "update ms", "goal ms", "ms / goal"]],
+        ["16 tokens, first 16 shown, select token", "16 tokens, first 16 shown, toggle head",
+         "24 tokens, all 24 shown, select token", "24 tokens, all 24 shown, toggle head"],
+        ["line view update 16 tokens (first 16 shown)",
+         "line view update 24 tokens (all 24 shown)"]),
     "moe_speed.py": (
         [["case", "step ms", "time / dense", "parameters", "parameters / dense"]],
         ["dense FFN", "MoE gather", "MoE buffer"],

@@ -26,10 +26,12 @@ from attnlab.viz.plots import tick_positions
 DIM_ALPHA = 0.6  # white at 60% over the rows that are not selected
 
 
-def png_bytes(canvas):
+def png_bytes(canvas, run_length=False):
     """PNG bytes of what an Agg canvas holds, as RGB (the alpha channel is always opaque here).
 
     zlib level 1: an update must stay interactive, and higher levels shrink a figure little.
+    run_length=True uses zlib's run-length strategy: about a quarter faster on pictures of
+    many thin antialiased lines (the token line view), for about the same size.
     """
     from PIL import Image
 
@@ -37,7 +39,8 @@ def png_bytes(canvas):
     height, width = rgba.shape[:2]
     image = Image.frombytes("RGB", (width, height), rgba, "raw", "RGBX")
     buffer = io.BytesIO()
-    image.save(buffer, format="png", compress_level=1)
+    options = {"compress_type": 3} if run_length else {}  # 3: zlib's Z_RLE
+    image.save(buffer, format="png", compress_level=1, **options)
     return buffer.getvalue()
 
 

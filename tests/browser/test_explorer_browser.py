@@ -1,38 +1,29 @@
 """AttentionExplorer in a real JupyterLab, driven by Playwright with Debian's Chromium.
 
-Starts `jupyter lab` on 127.0.0.1 with a random port and token in a private temporary
-root (own config, data, runtime and settings folders, own kernelspec for this Python),
-checks that the server refuses requests without the token, opens a notebook that shows an
-explorer, runs all cells from the Run menu, changes the head dropdown in the page and
-checks that the rendered heatmap changed (screenshots before and after) and that the
-Python-side state followed (an observer writes it into a label). The page is a 1280 x 800
+In the JupyterLab that tests/browser/conftest.py starts once for the browser stage (a
+private temporary root, random port and token; see tests/browser/lab.py): checks that the
+server refuses requests without the token, opens a notebook that shows an explorer, runs
+all cells from the Run menu, changes the head dropdown in the page and checks that the
+rendered heatmap changed (screenshots before and after) and that the Python-side state
+followed (an observer writes it into a label). The page is a 1280 x 800
 laptop window at device-pixel ratio 2: the heatmap must be drawn at its displayed size (no
-CSS stretching) and the map and its controls must be seen together. Everything it started
-is stopped at the end, kernels included.
+CSS stretching) and the map and its controls must be seen together. The lab and its
+kernels are stopped at the end of the stage.
 """
-import http.client
 import io
-import json
-import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
-import pytest
 from PIL import Image
 
-CHROMIUM = "/usr/bin/chromium"
-VIEWPORT = {"width": 1280, "height": 800}
-DEVICE_PIXEL_RATIO = 2
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KERNEL = "attnlab-browser-test"
+from tests.browser.lab import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    DEVICE_PIXEL_RATIO,
+    KERNEL,
+    VIEWPORT,
+    write_notebook,
+)
+from tests.browser.lab import request as _request
 
 NOTEBOOK_CELLS = [
     """import json
@@ -50,120 +41,6 @@ echo.add_class("attnlab-state-echo")
 explorer.observe(lambda state: setattr(echo, "value", "STATE " + json.dumps(state)))
 display(explorer, echo)""",
 ]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _request(port, path, method="GET", token=None):
-    """(status, Location header) without following redirects."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Authorization": "token " + token} if token else {}
-    try:
-        conn.request(method, path, headers=headers)
-        response = conn.getresponse()
-        body = response.read()
-        return response.status, response.getheader("Location"), body
-    finally:
-        conn.close()
-
-
-def _write_notebook(path):
-    cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-              "source": source} for source in NOTEBOOK_CELLS]
-    notebook = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
-                "metadata": {"kernelspec": {"name": KERNEL, "display_name": KERNEL,
-                                            "language": "python"}}}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(notebook, f)
-
-
-def _private_jupyter_env(tmp):
-    env = dict(os.environ)
-    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTERLAB_SETTINGS_DIR", "settings"),
-                     ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"), ("IPYTHONDIR", "ipython")):
-        env[var] = os.path.join(tmp, sub)
-        os.makedirs(env[var], exist_ok=True)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    # A kernelspec for exactly this interpreter, so the test never picks another Python.
-    spec = os.path.join(env["JUPYTER_DATA_DIR"], "kernels", KERNEL)
-    os.makedirs(spec)
-    with open(os.path.join(spec, "kernel.json"), "w") as f:
-        json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f",
-                            "{connection_file}"],
-                   "display_name": KERNEL, "language": "python"}, f)
-    # No news or update checks: the test runs offline and a toast could cover the page.
-    notify = os.path.join(env["JUPYTERLAB_SETTINGS_DIR"], "@jupyterlab", "apputils-extension")
-    os.makedirs(notify)
-    with open(os.path.join(notify, "notification.jupyterlab-settings"), "w") as f:
-        json.dump({"fetchNews": "false", "checkForUpdates": False}, f)
-    return env
-
-
-@pytest.fixture
-def jupyter_lab(tmp_path):
-    """A running JupyterLab: yields (port, token, root); stops it and its kernels after."""
-    root = tmp_path / "root"
-    root.mkdir()
-    env = _private_jupyter_env(str(tmp_path / "jupyter"))
-    port, token = _free_port(), secrets.token_hex(16)
-    log = open(tmp_path / "jupyter.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
-         "--port=%d" % port, "--port-retries=0", "--IdentityProvider.token=" + token,
-         "--ServerApp.root_dir=" + str(root), "--allow-root",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, (tmp_path / "jupyter.log").read_text()
-            try:
-                if _request(port, "/api/status", token=token)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "jupyter lab did not start in 90 s"
-            time.sleep(0.5)
-        yield port, token, root
-    finally:
-        try:  # shut kernels down through the API, then the server itself
-            status, _, body = _request(port, "/api/kernels", token=token)
-            for kernel in json.loads(body) if status == 200 else []:
-                _request(port, "/api/kernels/" + kernel["id"], "DELETE", token)
-        except (OSError, ValueError):
-            pass
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(10)
-        log.close()
-        leftovers = _processes_mentioning(str(tmp_path))
-        for pid in leftovers:  # kernels this server started, if any survived
-            os.kill(pid, signal.SIGKILL)
-        assert not leftovers, "processes left behind: %s" % leftovers
-
-
-def _processes_mentioning(text):
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 def test_token_is_required(jupyter_lab):
@@ -232,7 +109,7 @@ def test_explorer_reacts_to_the_page(jupyter_lab):
     from playwright.sync_api import sync_playwright
 
     port, token, root = jupyter_lab
-    _write_notebook(str(root / "explorer.ipynb"))
+    write_notebook(str(root / "explorer.ipynb"), NOTEBOOK_CELLS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
