@@ -119,6 +119,8 @@ class QueryKeySnapshot(AttentionSnapshot):
 def _numpy(x, what):
     if x is None:
         return None
+    if isinstance(x, (np.ndarray, np.generic, list, tuple, bool, int, float)):
+        return np.asarray(x, np.float64)  # e.g. a NumPy mask the model passed as it is
     if not hasattr(x, "numpy"):
         raise RuntimeError("%s was not computed eagerly (got %r); call the model eagerly, not "
                            "inside tf.function" % (what, x))
