@@ -128,12 +128,13 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         **kwargs: base Layer arguments (name, dtype, ...).
 
     Capture hook:
-        `query_key_recorder` is None, or a callable that each call with a full kernel
-        (and each cached step) invokes with keyword arguments, all heads-first tensors:
+        `query_key_recorder` is None, or a callable that each call (and each cached step)
+        invokes once, whatever the kernel, with keyword arguments, heads-first tensors:
         `scaled_query` (B, H, T, dk) (the rotated queries times `scale`), `key`
         (B, H, S, dk) (rotated), `scale` (float, 1/sqrt(dk)), `bias` (the aligned
         `attention_bias`, broadcastable to (B, H, T, S), or None), `mask` (bool,
-        broadcastable to (B, H, T, S), causal and Keras masks included, or None),
+        broadcastable to (B, H, T, S), causal, Keras and "local" window masks included,
+        or None),
         `scaled_query_unrotated` and `key_unrotated` (before the rotary embedding; None
         without one). The weights are then softmax(scaled_query . key + bias) over the
         keys where `mask` is True. `attnlab.viz.capture` sets it during one eager pass;

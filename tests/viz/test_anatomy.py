@@ -263,3 +263,23 @@ def test_anatomy_needs_no_tensorflow_once_captured(setup, tmp_path):
     weights, shown = proc.stdout.strip().rsplit(" ", 1)
     np.testing.assert_allclose(json.loads(weights), want, atol=0)
     assert shown == "True"
+
+
+@pytest.fixture
+def restore_backend():
+    yield
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def test_ipympl_canvas_view(setup, restore_backend, tmp_path):
+    from ipympl.backend_nbagg import Canvas
+
+    view = QueryKeyAnatomy(setup["captured"], backend="ipympl")
+    assert isinstance(view.view, Canvas) and view.view is view.figure.canvas
+    view.set_state(query_index=2, head=1)
+    _drawn_matches(view)
+    assert view.png().startswith(b"\x89PNG")
+    with open(view.export(str(tmp_path / "view.pdf")), "rb") as f:
+        assert f.read().startswith(b"%PDF-")
