@@ -678,12 +678,12 @@ class MultiHeadAttention(tf.keras.layers.Layer):
 
     def _record_query_key(self, q, k, mask, causal, offset, use_cache, bias, unrotated):
         """Hand this call's queries, keys, bias and complete mask to `query_key_recorder`."""
-        query_length, key_length = tf.shape(q)[2], tf.shape(k)[2]
         if self._kernel_name == "local" and not use_cache:
-            band = band_mask(query_length, key_length, window=self.window, causal=causal)
+            band = band_mask(tf.shape(q)[2], tf.shape(k)[2], window=self.window,
+                             causal=causal)
             mask = combine_masks(mask, band[tf.newaxis, tf.newaxis])
         if causal:
-            mask = combine_masks(mask, causal_mask(query_length, key_length, offset)[
+            mask = combine_masks(mask, causal_mask(tf.shape(q)[2], tf.shape(k)[2], offset)[
                 tf.newaxis, tf.newaxis])
         query_before, key_before = (None, None) if unrotated is None else unrotated
         self.query_key_recorder(scaled_query=q, key=k, scale=1.0 / math.sqrt(self.key_dim),

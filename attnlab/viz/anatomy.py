@@ -130,11 +130,15 @@ def query_key_anatomy(captured, layer, head, query_index, example=0):
     head = _check_index("head", head, heads, "layer %r: heads" % layer)
     query_index = _check_index("query_index", query_index, length, "layer %r: queries" % layer)
     pick = (example, head)
-    query, keys = record.query[pick][query_index], record.key[pick]
+
+    def row(array):  # this example's and head's part, in float64
+        return np.array(array[pick], np.float64)
+
+    query, keys = row(record.query)[query_index], row(record.key)
     query_rotated = keys_rotated = None
     if record.rotated:
-        query_rotated = record.query_rotated[pick][query_index]
-        keys_rotated = record.key_rotated[pick]
+        query_rotated, keys_rotated = row(record.query_rotated)[query_index], \
+            row(record.key_rotated)
     dotted_query, dotted_keys = (query_rotated, keys_rotated) if record.rotated \
         else (query, keys)
     products = dotted_keys * dotted_query[np.newaxis, :]
@@ -142,7 +146,7 @@ def query_key_anatomy(captured, layer, head, query_index, example=0):
     scaled = record.scale * dots
     bias = None
     if record.bias is not None:
-        bias = np.broadcast_to(record.bias, record.scores_shape)[pick][query_index].copy()
+        bias = row(np.broadcast_to(record.bias, record.scores_shape))[query_index]
     logits = scaled if bias is None else scaled + bias
     visible = record.visible()[pick][query_index].copy()
     weights = masked_softmax(logits, visible)

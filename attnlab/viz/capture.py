@@ -112,8 +112,12 @@ def _recording_call(layer, flag, original, record):
 
 
 @contextlib.contextmanager
-def recording_attention(model):
+def recording_attention(model, layers=None):
     """Context manager: while active, calls of `model` record attention weights.
+
+    Args:
+        model: the model or layer.
+        layers: `attention_layers(model)` when already at hand (it inspects every layer).
 
     Yields:
         An OrderedDict name -> list of recorded weight tensors (one per call).
@@ -127,7 +131,8 @@ def recording_attention(model):
     records = collections.OrderedDict()
     patched = []
     try:
-        for path, (layer, flag) in attention_layers(model).items():
+        layers = attention_layers(model) if layers is None else layers
+        for path, (layer, flag) in layers.items():
             records[path] = []
             original = layer.call
             # object.__setattr__ bypasses Keras attribute tracking; removed in `finally`.
@@ -213,8 +218,10 @@ def capture_attention(model, inputs, query_tokens=None, key_tokens=None, vocabul
         decoded = _decode(first, vocabulary, "capture_attention")
         query_tokens = decoded if query_tokens is None else query_tokens
         key_tokens = decoded if key_tokens is None else key_tokens
-    recording_qk = recording_query_key(model) if with_qk else contextlib.nullcontext({})
-    with recording_qk as qk_records, recording_attention(model) as records:
+    layers = attention_layers(model)
+    recording_qk = recording_query_key(model, layers) if with_qk else \
+        contextlib.nullcontext({})
+    with recording_qk as qk_records, recording_attention(model, layers) as records:
         if not records:
             raise ValueError("model %r has no attention layer that can return its weights "
                              "(tf.keras MultiHeadAttention or attnlab attention layers)"

@@ -32,7 +32,9 @@ _RECORD_FIELDS = ("query", "key", "query_rotated", "key_rotated", "scale", "bias
 
 
 class QueryKeyRecord(collections.namedtuple("QueryKeyRecord", _RECORD_FIELDS)):
-    """One call of one attention layer, as float64 NumPy arrays, heads first.
+    """One call of one attention layer: NumPy arrays, heads first, in the dtype the layer
+    computed them in (float32; float16 under mixed precision; copied only where needed,
+    which keeps the capture cheap). The methods compute in float64.
 
     query: (B, H, T, dk) projected queries, before any rotation and not yet scaled.
     key: (B, H, S, dk) projected keys, before any rotation.
@@ -68,7 +70,7 @@ class QueryKeyRecord(collections.namedtuple("QueryKeyRecord", _RECORD_FIELDS)):
 
     def logits(self):
         """(B, H, T, S) float64 scale * q . k + bias, before the mask."""
-        q, k = self.dotted()
+        q, k = (np.asarray(x, np.float64) for x in self.dotted())
         logits = self.scale * np.einsum("bhtd,bhsd->bhts", q, k)
         if self.bias is not None:
             logits = logits + self.bias
@@ -120,11 +122,11 @@ def _numpy(x, what):
     if x is None:
         return None
     if isinstance(x, (np.ndarray, np.generic, list, tuple, bool, int, float)):
-        return np.asarray(x, np.float64)  # e.g. a NumPy mask the model passed as it is
+        return np.asarray(x)  # e.g. a NumPy mask the model passed as it is
     if not hasattr(x, "numpy"):
         raise RuntimeError("%s was not computed eagerly (got %r); call the model eagerly, not "
                            "inside tf.function" % (what, x))
-    return np.asarray(x.numpy(), np.float64)
+    return x.numpy()
 
 
 def _attnlab_recorder(layer, path, append, previous):
@@ -147,7 +149,7 @@ def _attnlab_recorder(layer, path, append, previous):
             key = _numpy(key_unrotated, what)
         else:
             query_rotated = key_rotated = None
-        mask = None if mask is None else _numpy(mask, what).astype(bool)
+        mask = None if mask is None else np.asarray(_numpy(mask, what), bool)
         append(QueryKeyRecord(query, key, query_rotated, key_rotated, float(scale),
                               _numpy(bias, what), mask))
 
@@ -199,8 +201,12 @@ def query_key_hook(layer):
 
 
 @contextlib.contextmanager
-def recording_query_key(model):
+def recording_query_key(model, layers=None):
     """Context manager: while active, calls of `model` record their layers' queries and keys.
+
+    Args:
+        model: the model or layer.
+        layers: `attnlab.viz.capture.attention_layers(model)` when already at hand.
 
     Yields:
         An OrderedDict layer path (as `attention_layers` names it) -> list with, per call of
@@ -212,12 +218,14 @@ def recording_query_key(model):
         >>> records["encoder/self_attention"][0].query.shape
         (2, 4, 16, 8)
     """
-    from attnlab.viz.capture import attention_layers
+    if layers is None:
+        from attnlab.viz.capture import attention_layers
 
+        layers = attention_layers(model)
     records = collections.OrderedDict()
     restore = []
     try:
-        for path, (layer, _) in attention_layers(model).items():
+        for path, (layer, _) in layers.items():
             hook = query_key_hook(layer)
             if hook is None:
                 continue

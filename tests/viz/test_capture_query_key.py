@@ -131,7 +131,7 @@ def test_queries_and_keys_equal_the_kernels_applied_to_the_inputs(captured_model
 def test_softmax_of_scaled_dots_plus_bias_equals_the_captured_weights(captured_model):
     _, _, captured = captured_model
     for name, record in captured.query_key.items():
-        q, k = record.dotted()
+        q, k = (np.asarray(x, np.float64) for x in record.dotted())
         logits = record.scale * np.einsum("bhtd,bhsd->bhts", q, k)
         if record.bias is not None:
             logits = logits + record.bias
