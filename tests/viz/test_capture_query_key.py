@@ -12,6 +12,7 @@ from attnlab.layers.multi_head_attention import MultiHeadAttention
 from attnlab.layers.positional.relative_position_bias import RelativePositionBias
 from attnlab.layers.transformer_encoder import TransformerEncoderBlock
 from attnlab.viz.capture import capture_attention
+from attnlab.viz.explorer_panel import explorer_frames
 from attnlab.viz.query_key import QueryKeySnapshot, recording_query_key
 from attnlab.viz.snapshots import AttentionSnapshot
 from tests import reference
@@ -95,6 +96,7 @@ def test_one_forward_pass_records_every_multi_head_layer(captured_model):
     model, _, captured = captured_model
     assert model.calls == 1
     assert isinstance(captured, QueryKeySnapshot) and isinstance(captured, AttentionSnapshot)
+    assert explorer_frames(captured) == ([captured], None)  # the explorer takes it as it is
     assert list(captured.query_key) == ["rotary", "block/self_attention", "cross", "keras"]
     assert list(captured.weights) == list(captured.query_key)
     # Nothing is left on the layers.
