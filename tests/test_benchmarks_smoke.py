@@ -33,6 +33,10 @@ EXPECTED = {
         [["case", "ms", "ratio to forward", "CPU ms", "CPU ratio to forward"]],
         ["forward", "forward + output_attentions", "capture_hf_attention"],
         ["HF capture vs forward (B=2 T=16, 2 layers)"]),
+    "capture_qk_overhead.py": (
+        [["case", "ms", "ratio to forward", "CPU ms", "CPU ratio to forward"]],
+        ["forward", "capture_attention", "capture_attention + q/k"],
+        ["capture with q/k vs forward (B=2 T=16, 2 blocks)"]),
     "local_scaling.py": (
         [["case", "local_attention", "ms per 1k positions", "time / first", "L / first"],
          ["case", "local_attention", "per-position loop", "speed-up"]],

@@ -160,7 +160,7 @@ class AdaptiveSpanAttention(MultiHeadAttention):
             (ramp + spans[:, tf.newaxis, tf.newaxis] - distance[tf.newaxis]) / ramp, 0.0, 1.0)
 
     def _attend(self, q, k, v, mask, causal, offset, training, use_cache, return_scores,
-                bias=None):
+                bias=None, unrotated=None):
         """MultiHeadAttention's attention with the span: log m added to the scores, keys
         with m = 0 masked."""
         span = self.span_mask(tf.shape(q)[2], tf.shape(k)[2], offset)[tf.newaxis]
@@ -172,7 +172,7 @@ class AdaptiveSpanAttention(MultiHeadAttention):
         if bias is not None:
             span_bias = align_bias(bias, scores_shape, q.dtype) + span_bias
         return super()._attend(q, k, v, combine_masks(mask, visible), causal, offset,
-                               training, use_cache, return_scores, span_bias)
+                               training, use_cache, return_scores, span_bias, unrotated)
 
     def get_config(self):
         config = super().get_config()

@@ -6,7 +6,13 @@ import tensorflow as tf
 
 from attnlab.layers.attention_layout import AttentionLayout, projection_equation
 from attnlab.layers.kv_cache import empty_cache, update_cache
-from attnlab.layers.layer_helpers import clone_initializer, dropout_rate, init_scope
+from attnlab.layers.layer_helpers import (
+    clone_initializer,
+    dropout_rate,
+    init_scope,
+    sequence_length,
+)
+from attnlab.layers.positional.rotary import RotaryEmbedding
 from attnlab.ops.kernels import (
     FULL_KERNELS,
     attention_kernel,
@@ -22,7 +28,9 @@ from attnlab.validation import check_bool, check_floating, check_positive_int, s
 EinsumDense = getattr(tf.keras.layers, "EinsumDense", None) or \
     tf.keras.layers.experimental.EinsumDense
 # Constructor arguments of attnlab's layer that tf.keras.layers.MultiHeadAttention lacks.
-ATTNLAB_ARGUMENTS = ("attention_impl", "window", "chunk_size")
+ATTNLAB_ARGUMENTS = ("attention_impl", "window", "chunk_size", "rotary_embedding")
+# What a `rotary_embedding` config may set (the arguments of RotaryEmbedding).
+ROTARY_ARGUMENTS = ("max_wavelength", "scaling_factor")
 
 
 def _check_output_shape(name, output_shape):
@@ -36,6 +44,26 @@ def _check_output_shape(name, output_shape):
         raise ValueError("%s must be a positive integer or a non-empty sequence of positive "
                          "integers, got %r" % (name, output_shape))
     return check_positive_int(name, output_shape)
+
+
+def _check_rotary(rotary_embedding, key_dim):
+    """`rotary_embedding` (None, a RotaryEmbedding or a dict of its arguments) as a layer."""
+    if rotary_embedding is None or isinstance(rotary_embedding, RotaryEmbedding):
+        rotary = rotary_embedding
+    elif isinstance(rotary_embedding, dict):
+        unknown = sorted(set(rotary_embedding) - set(ROTARY_ARGUMENTS))
+        if unknown:
+            raise ValueError("rotary_embedding may set %s, got %s"
+                             % (", ".join(ROTARY_ARGUMENTS), ", ".join(map(str, unknown))))
+        rotary = RotaryEmbedding(name="rotary_embedding", **rotary_embedding)
+    else:
+        raise TypeError("rotary_embedding must be None, a RotaryEmbedding or a dict of its "
+                        "arguments (%s), got %r" % (", ".join(ROTARY_ARGUMENTS),
+                                                    rotary_embedding))
+    if rotary is not None and key_dim % 2:
+        raise ValueError("rotary_embedding rotates pairs of query/key features: key_dim must "
+                         "be even, got key_dim=%d" % key_dim)
+    return rotary
 
 
 def _to_dense(ragged, shape=None):
@@ -89,7 +117,28 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         window: the local window; required for "local".
         chunk_size: query and key chunk size of the chunked kernels (default:
             chunked_attention's).
+        rotary_embedding: None (default), or rotary position embedding (RoPE) of the
+            queries and keys: a `RotaryEmbedding` or a dict of its arguments
+            (`{"max_wavelength": 10000, "scaling_factor": 1.0}`). Each head's projected
+            queries and keys are rotated at their positions after the projection and before
+            the kernel, so every kernel and the KV cache see rotated keys (the cache stores
+            them rotated at `cache_update_index` + t). Positions start at 0 for queries and
+            keys; with `causal=True` the T queries are the last T of the S key positions.
+            Needs (B, T, D) inputs and an even `key_dim`.
         **kwargs: base Layer arguments (name, dtype, ...).
+
+    Capture hook:
+        `query_key_recorder` is None, or a callable that each call (and each cached step)
+        invokes once, whatever the kernel, with keyword arguments, heads-first tensors:
+        `scaled_query` (B, H, T, dk) (the rotated queries times `scale`), `key`
+        (B, H, S, dk) (rotated), `scale` (float, 1/sqrt(dk)), `bias` (the aligned
+        `attention_bias`, broadcastable to (B, H, T, S), or None), `mask` (bool,
+        broadcastable to (B, H, T, S), causal, Keras and "local" window masks included,
+        or None),
+        `scaled_query_unrotated` and `key_unrotated` (before the rotary embedding; None
+        without one). The weights are then softmax(scaled_query . key + bias) over the
+        keys where `mask` is True. `attnlab.viz.capture` sets it during one eager pass;
+        when None the layer runs exactly as without it (no graph op is added).
 
     Call arguments:
         query: (B, T, D), or (B, ..., D) with `attention_axes`; may be ragged (B, None, D).
@@ -136,7 +185,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                  output_shape=None, attention_axes=None, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
-                 attention_impl="auto", window=None, chunk_size=None, **kwargs):
+                 attention_impl="auto", window=None, chunk_size=None, rotary_embedding=None,
+                 **kwargs):
         output_dim = kwargs.pop("output_dim", None)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.num_heads = check_positive_int("num_heads", num_heads)
@@ -177,6 +227,9 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         self._built_from_signature = False
         self._query_shape = self._key_shape = self._value_shape = None
         self._layout = None
+        self.rotary_embedding = _check_rotary(rotary_embedding, self.key_dim)
+        # See "Capture hook" in the class docstring; a plain attribute, not a weight.
+        self.query_key_recorder = None
 
     # ----------------------------------------------------------------------------- build
     def build(self, query_shape, value_shape=None, key_shape=None):
@@ -283,7 +336,10 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             raise ValueError("project_cache needs a built layer: call it once first")
         self._check_inputs(value=value, key=key)
         key, value = (tf.cast(x, self.compute_dtype) for x in (key, value))
-        return (_heads_first(self._key_dense(key)), _heads_first(self._value_dense(value)))
+        keys = _heads_first(self._key_dense(key))
+        if self.rotary_embedding is not None:
+            keys = self.rotary_embedding.rotate(keys, 0, sequence_axis=2)
+        return keys, _heads_first(self._value_dense(value))
 
     # ------------------------------------------------------------------------------ call
     def call(self, query, value, key=None, attention_mask=None, return_attention_scores=False,
@@ -305,6 +361,9 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                                  causal, use_cache, cache_update_index)
         if attention_bias is not None and not self._layout.is_sequence:
             raise ValueError("attention_bias needs (B, T, D) inputs, got query of shape %s"
+                             % shape_str(query))
+        if self.rotary_embedding is not None and not self._layout.is_sequence:
+            raise ValueError("rotary_embedding needs (B, T, D) inputs, got query of shape %s"
                              % shape_str(query))
         if attention_bias is not None and _overrides(self, "_compute_attention"):
             raise ValueError("attention_bias is not passed to an overridden "
@@ -449,9 +508,13 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             offset = 0
         elif causal:
             offset = tf.shape(k)[2] - tf.shape(q)[2]
+        unrotated = None
+        if self.rotary_embedding is not None:
+            unrotated = (q, k)
+            q, k = self._rotate(q, k, causal, 2)
         output, scores = self._attend(q, k, v, self._kernel_mask(mask, query, key),
                                       offset is not None, offset, training, False,
-                                      return_scores, bias)
+                                      return_scores, bias, unrotated=unrotated)
         if scores is not None:
             scores = self._layout.scores_from_heads_first(scores, query, key)
         return self._layout.from_heads_first(output, query), scores
@@ -511,20 +574,31 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         key_cache, value_cache = (tf.cast(c, dtype) for c in cache)
         self._check_cache(key_cache, value_cache)
         offset = None
+        rotary = self.rotary_embedding
         if cache_update_index is not None:
-            key_cache = update_cache(key_cache, _heads_first(self._key_dense(key)),
-                                     cache_update_index)
+            new_keys = _heads_first(self._key_dense(key))
+            if rotary is not None:  # the cache holds keys rotated at their positions
+                new_keys = rotary.rotate(new_keys, cache_update_index, sequence_axis=2)
+            key_cache = update_cache(key_cache, new_keys, cache_update_index)
             value_cache = update_cache(value_cache, _heads_first(self._value_dense(value)),
                                        cache_update_index)
             # Cache slots after index + t are empty (or in the future): causal from index.
             offset = cache_update_index
         scale = 1.0 / math.sqrt(float(self.key_dim))
         q = _heads_first(self._query_dense(query) * tf.cast(scale, dtype))
+        unrotated = None
+        if rotary is not None:
+            start = 0 if cache_update_index is None else cache_update_index
+            if self.query_key_recorder is not None:
+                # Cache slot j holds the key of position j: rotating back recovers it.
+                unrotated = (q, rotary.rotate(key_cache, 0, sequence_axis=2, inverse=True))
+            q = rotary.rotate(q, start, sequence_axis=2)
         if mask is not None:
             mask = align_mask(mask, tf.TensorShape([query.shape[0], self.num_heads,
                                                     query.shape[1], key_cache.shape[2]]))
         output, scores = self._attend(q, key_cache, value_cache, mask, offset is not None,
-                                      offset, training, True, return_scores, bias)
+                                      offset, training, True, return_scores, bias,
+                                      unrotated=unrotated)
         return _heads_first(output), scores, (key_cache, value_cache)
 
     def _call_compute_attention(self, query, value, key, mask, use_causal_mask, causal,
@@ -532,6 +606,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         """The Keras path for subclasses that override `_compute_attention`: projected
         (B, ..., H, depth) tensors and a Keras-layout mask in, as Keras MHA calls it."""
         q, k, v = self._query_dense(query), self._key_dense(key), self._value_dense(value)
+        if self.rotary_embedding is not None:  # (B, L, H, dk): positions on axis 1
+            q, k = self._rotate(q, k, causal, 1)
         heads_axis = 1 + len(self._layout.batch_axes)
         if mask is not None and mask.shape[heads_axis] == 1:
             mask = tf.squeeze(mask, heads_axis)  # Keras's (B, T, S), without the head axis
@@ -569,11 +645,12 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         return layout.from_heads_first(output, query), scores
 
     def _attend(self, q, k, v, mask, causal, offset, training, use_cache, return_scores,
-                bias=None):
+                bias=None, unrotated=None):
         """(B, H, T, dk), (B, H, S, dk), (B, H, S, dv) -> (B, H, T, dv) output and weights
-        (None unless `return_scores`). Queries are already scaled; `offset` aligns the
-        causal mask; `bias` is the call's `attention_bias`. The layer's kernel computes the
-        output; the weights and dropout on them come from the reference,
+        (None unless `return_scores`). Queries are already scaled (and rotated); `offset`
+        aligns the causal mask; `bias` is the call's `attention_bias`; `unrotated` is
+        (q, k) before the rotary embedding, for the capture hook. The layer's kernel
+        computes the output; the weights and dropout on them come from the reference,
         `scaled_dot_product_attention`."""
         kernel, kernel_name = self._kernel, self._kernel_name
         if bias is not None:
@@ -586,6 +663,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                              offset=offset)
             mask = combine_masks(mask, band[tf.newaxis, tf.newaxis])
             kernel = attention_kernel("auto")
+        if self.query_key_recorder is not None:
+            self._record_query_key(q, k, mask, causal, offset, use_cache, bias, unrotated)
         dropout = self.dropout > 0.0 and static_training(training) is not False
         if not (return_scores or dropout):
             return kernel(q, k, v, mask=mask, causal=causal, offset=offset, bias=bias), None
@@ -596,6 +675,36 @@ class MultiHeadAttention(tf.keras.layers.Layer):
                                               dropout_rate=self.dropout, training=training,
                                               return_weights=return_scores, bias=bias)
         return result if return_scores else (result, None)
+
+    def _record_query_key(self, q, k, mask, causal, offset, use_cache, bias, unrotated):
+        """Hand this call's queries, keys, bias and complete mask to `query_key_recorder`."""
+        if self._kernel_name == "local" and not use_cache:
+            band = band_mask(tf.shape(q)[2], tf.shape(k)[2], window=self.window,
+                             causal=causal)
+            mask = combine_masks(mask, band[tf.newaxis, tf.newaxis])
+        if causal:
+            mask = combine_masks(mask, causal_mask(tf.shape(q)[2], tf.shape(k)[2], offset)[
+                tf.newaxis, tf.newaxis])
+        query_before, key_before = (None, None) if unrotated is None else unrotated
+        self.query_key_recorder(scaled_query=q, key=k, scale=1.0 / math.sqrt(self.key_dim),
+                                bias=bias, mask=mask, scaled_query_unrotated=query_before,
+                                key_unrotated=key_before)
+
+    def _rotate(self, q, k, causal, sequence_axis):
+        """q (B, ..., T, ..., dk) and k (B, ..., S, ..., dk) rotated by the rotary embedding,
+        positions along `sequence_axis`. Queries and keys start at position 0; causal
+        queries are the last T of S positions, so query t and key j stay t + S - T - j
+        apart (neither start negative)."""
+        query_start = key_start = 0
+        if causal:
+            shift = sequence_length(k, sequence_axis) - sequence_length(q, sequence_axis)
+            if isinstance(shift, int):
+                query_start, key_start = max(shift, 0), max(-shift, 0)
+            else:
+                query_start, key_start = tf.maximum(shift, 0), tf.maximum(-shift, 0)
+        rotary = self.rotary_embedding
+        return (rotary.rotate(q, query_start, sequence_axis=sequence_axis),
+                rotary.rotate(k, key_start, sequence_axis=sequence_axis))
 
     def _check_cache(self, key_cache, value_cache):
         expected = (("key_cache", key_cache, self.key_dim), ("value_cache", value_cache,
@@ -647,6 +756,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
             "attention_impl": self.attention_impl,
             "window": self.window,
             "chunk_size": self.chunk_size,
+            "rotary_embedding": None if self.rotary_embedding is None else {
+                name: getattr(self.rotary_embedding, name) for name in ROTARY_ARGUMENTS},
         })
         # Like Keras MHA: the shapes the projections were built for, so that `from_config`
         # creates the variables before a SavedModel or H5 load restores their values.
@@ -673,7 +784,8 @@ class MultiHeadAttention(tf.keras.layers.Layer):
 
         Args:
             keras_layer: a tf.keras.layers.MultiHeadAttention.
-            **options: attnlab's own arguments (attention_impl, window, chunk_size).
+            **options: attnlab's own arguments (attention_impl, window, chunk_size,
+                rotary_embedding).
 
         Example:
             >>> ours = MultiHeadAttention.from_keras(model.get_layer("attention"),
@@ -700,9 +812,16 @@ class MultiHeadAttention(tf.keras.layers.Layer):
         Keras's layer computes full attention whatever `attention_impl` is (same values),
         and spreads a query with no visible key uniformly where this layer gives zeros.
 
+        Raises:
+            ValueError: the layer has a rotary embedding, which Keras's layer lacks.
+
         Example:
             >>> keras_layer = ours.to_keras()
         """
+        if self.rotary_embedding is not None:
+            raise ValueError("to_keras: tf.keras.layers.MultiHeadAttention has no rotary "
+                             "embedding; this layer has rotary_embedding=%r"
+                             % self.get_config()["rotary_embedding"])
         config = self.get_config()
         for name in ATTNLAB_ARGUMENTS:
             config.pop(name)

@@ -14,6 +14,9 @@ attribute is removed, so the layers are untouched. Works for:
 
 Weights of shape (B, T, S) get a head axis: (B, 1, T, S). Names are layer paths
 ("block_0/multi_head_attention"); a layer called twice gets "#2" on its second record.
+
+With `with_qk=True` the same pass also records the multi-head attention layers' queries
+and keys (`attnlab.viz.query_key`), for the query/key anatomy (`attnlab.viz.anatomy`).
 """
 import collections
 import contextlib
@@ -22,6 +25,8 @@ import inspect
 
 import numpy as np
 
+from attnlab.validation import check_bool
+from attnlab.viz.query_key import QueryKeySnapshot, recording_query_key
 from attnlab.viz.snapshots import make_snapshot
 
 _FLAGS = ("return_attention_scores", "return_weights")
@@ -107,8 +112,12 @@ def _recording_call(layer, flag, original, record):
 
 
 @contextlib.contextmanager
-def recording_attention(model):
+def recording_attention(model, layers=None):
     """Context manager: while active, calls of `model` record attention weights.
+
+    Args:
+        model: the model or layer.
+        layers: `attention_layers(model)` when already at hand (it inspects every layer).
 
     Yields:
         An OrderedDict name -> list of recorded weight tensors (one per call).
@@ -122,7 +131,8 @@ def recording_attention(model):
     records = collections.OrderedDict()
     patched = []
     try:
-        for path, (layer, flag) in attention_layers(model).items():
+        layers = attention_layers(model) if layers is None else layers
+        for path, (layer, flag) in layers.items():
             records[path] = []
             original = layer.call
             # object.__setattr__ bypasses Keras attribute tracking; removed in `finally`.
@@ -168,7 +178,7 @@ def _decode(ids, vocabulary, name):
 
 
 def capture_attention(model, inputs, query_tokens=None, key_tokens=None, vocabulary=None,
-                      training=False):
+                      training=False, with_qk=False):
     """Run `model` on a batch and return every attention layer's weights.
 
     Args:
@@ -178,10 +188,16 @@ def capture_attention(model, inputs, query_tokens=None, key_tokens=None, vocabul
         vocabulary: optional id -> token lookup (list or dict); with integer `inputs`
             (B, T) (or the first of several inputs) it supplies the tokens that are None.
         training: passed to the model call.
+        with_qk: also record, in the same forward pass, the queries and keys of the
+            attnlab and tf.keras MultiHeadAttention layers (before and after a rotary
+            embedding), their scale, score bias and mask.
 
     Returns:
         AttentionSnapshot(step=None, epoch=None, weights, query_tokens, key_tokens):
         weights is an OrderedDict layer path -> (B, H, T, S) float32 array in call order.
+        With `with_qk`, a QueryKeySnapshot: the same fields and `query_key`, an
+        OrderedDict name -> QueryKeyRecord for the layers whose queries and keys were
+        recorded (named as in `weights`).
 
     Raises:
         ValueError: the model has no attention layer that can return its weights, or
@@ -190,7 +206,9 @@ def capture_attention(model, inputs, query_tokens=None, key_tokens=None, vocabul
     Example:
         >>> captured = capture_attention(model, ids, vocabulary=vocab)
         >>> AttentionExplorer(captured)
+        >>> QueryKeyAnatomy(capture_attention(model, ids, vocabulary=vocab, with_qk=True))
     """
+    check_bool("with_qk", with_qk)
     if vocabulary is not None:
         first = inputs
         if isinstance(inputs, dict):
@@ -200,18 +218,28 @@ def capture_attention(model, inputs, query_tokens=None, key_tokens=None, vocabul
         decoded = _decode(first, vocabulary, "capture_attention")
         query_tokens = decoded if query_tokens is None else query_tokens
         key_tokens = decoded if key_tokens is None else key_tokens
-    with recording_attention(model) as records:
+    layers = attention_layers(model)
+    recording_qk = recording_query_key(model, layers) if with_qk else \
+        contextlib.nullcontext({})
+    with recording_qk as qk_records, recording_attention(model, layers) as records:
         if not records:
             raise ValueError("model %r has no attention layer that can return its weights "
                              "(tf.keras MultiHeadAttention or attnlab attention layers)"
                              % getattr(model, "name", model))
         model(inputs, training=training)
     weights = collections.OrderedDict()
+    query_key = collections.OrderedDict()
     for path, calls in records.items():
+        qk_calls = qk_records.get(path, [])
         for i, w in enumerate(calls):
             name = path if i == 0 else "%s#%d" % (path, i + 1)
             weights[name] = _to_numpy(name, w)
+            # One record per call; kept when it explains exactly these weights' shape.
+            if len(qk_calls) == len(calls) and qk_calls[i] is not None and \
+                    qk_calls[i].scores_shape == weights[name].shape:
+                query_key[name] = qk_calls[i]
     if not weights:
         raise ValueError("none of the attention layers %s ran in this call of the model"
                          % list(records))
-    return make_snapshot(weights, query_tokens, key_tokens)
+    snapshot = make_snapshot(weights, query_tokens, key_tokens)
+    return QueryKeySnapshot(*snapshot, query_key=query_key) if with_qk else snapshot

@@ -563,8 +563,9 @@ def test_keras_configs_and_layers_convert_both_ways(kwargs, shapes):
     from_config.set_weights(keras_layer.get_weights())
     assert_close(from_config(*inputs), expected)
     ours_config = plain_config(from_config.get_config())
-    assert {k: ours_config.pop(k) for k in ("attention_impl", "window", "chunk_size")} == \
-        {"attention_impl": "auto", "window": None, "chunk_size": None}
+    assert {k: ours_config.pop(k) for k in ("attention_impl", "window", "chunk_size",
+                                            "rotary_embedding")} == \
+        {"attention_impl": "auto", "window": None, "chunk_size": None, "rotary_embedding": None}
     assert ours_config == keras_config
     # from_keras copies the weights too; to_keras goes back.
     converted = MultiHeadAttention.from_keras(keras_layer)
@@ -594,8 +595,8 @@ def test_from_keras_with_attnlab_options_and_unbuilt_layers():
     with pytest.raises(TypeError, match="expects a tf.keras.layers.MultiHeadAttention, got "
                                         "MultiHeadAttention"):
         MultiHeadAttention.from_keras(again)
-    with pytest.raises(TypeError, match="accepts only attention_impl, window, chunk_size.*"
-                                        "num_heads"):
+    with pytest.raises(TypeError, match="accepts only attention_impl, window, chunk_size, "
+                                        "rotary_embedding as options, got num_heads"):
         MultiHeadAttention.from_keras(keras_layer, num_heads=4)
 
 

@@ -58,24 +58,59 @@ class RotaryEmbedding(tf.keras.layers.Layer):
     def call(self, inputs, start_index=0):
         check_floating("inputs", inputs)
         self._check_shape(inputs.shape)
-        if inputs.shape[-1] is None:
+        return self.rotate(inputs, start_index)
+
+    def rotate(self, x, start_index=0, sequence_axis=1, inverse=False):
+        """Rotate `x` whose positions run along `sequence_axis`, as `call` does on axis 1.
+
+        MultiHeadAttention uses it on its heads-first (B, H, L, dk) queries and keys
+        (`sequence_axis=2`) without transposing them to the (B, L, H, dk) layout of `call`.
+
+        Args:
+            x: floating tensor (B, ..., d) with an even, known d.
+            start_index: position of the first element along `sequence_axis` (scalar).
+            sequence_axis: the positions' axis, between the batch and the feature axes.
+            inverse: rotate by the opposite angles, which undoes a rotation.
+
+        Returns:
+            The rotated tensor, same shape and dtype.
+
+        Example:
+            >>> k = tf.random.normal([2, 4, 6, 8])   # (B, H, L, d)
+            >>> RotaryEmbedding().rotate(k, start_index=2, sequence_axis=2).shape
+            TensorShape([2, 4, 6, 8])
+        """
+        x = tf.convert_to_tensor(x)
+        check_floating("x", x)
+        rank = x.shape.rank
+        if rank is None or not 0 < sequence_axis < rank - 1:
+            raise ValueError("RotaryEmbedding.rotate: sequence_axis=%r must be an axis "
+                             "between the batch and the feature axes of a tensor of shape %s"
+                             % (sequence_axis, shape_str(x)))
+        if x.shape[-1] is None:
             raise ValueError("RotaryEmbedding needs a known feature depth, got shape %s"
-                             % shape_str(inputs))
-        half = inputs.shape[-1] // 2
-        length = sequence_length(inputs, 1)
+                             % shape_str(x))
+        if x.shape[-1] % 2:
+            raise ValueError("RotaryEmbedding needs an even feature depth d to form rotation "
+                             "pairs, got d=%d (shape %s)" % (x.shape[-1], shape_str(x)))
+        half = x.shape[-1] // 2
+        length = sequence_length(x, sequence_axis)
         start, checks = checked_start_index(start_index, length, None, "RotaryEmbedding")
         with tf.control_dependencies(checks):
             positions = tf.cast(tf.range(length) + start, tf.float32) / self.scaling_factor
         exponent = tf.range(half, dtype=tf.float32) * (2.0 / (2 * half))
         inverse_frequency = tf.exp(-math.log(float(self.max_wavelength)) * exponent)
-        angles = positions[:, tf.newaxis] * inverse_frequency[tf.newaxis, :]   # (T, d/2)
-        if inputs.shape.rank == 4:
-            angles = angles[:, tf.newaxis, :]   # (T, 1, d/2): same angle for every head
+        angles = positions[:, tf.newaxis] * inverse_frequency[tf.newaxis, :]   # (L, d/2)
+        # The same angle for every batch element and head: broadcast over the other axes.
+        angles = tf.reshape(angles, [-1 if axis == sequence_axis else 1
+                                     for axis in range(1, rank - 1)] + [half])
         cos, sin = tf.cos(angles), tf.sin(angles)
-        x = tf.cast(inputs, tf.float32)
-        x1, x2 = x[..., :half], x[..., half:]
+        if inverse:
+            sin = -sin
+        rotated = tf.cast(x, tf.float32)
+        x1, x2 = rotated[..., :half], rotated[..., half:]
         rotated = tf.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-        return tf.cast(rotated, inputs.dtype)
+        return tf.cast(rotated, x.dtype)
 
     def compute_mask(self, inputs, mask=None):
         return mask
