@@ -9,7 +9,10 @@ import pytest
 
 @pytest.mark.parametrize("module, expected", [
     ("attnlab.train", {"Trainer", "RunDir", "load_config"}),
-    ("attnlab.viz", {"AttentionExplorer", "capture_attention", "plot_attention"}),
+    ("attnlab.viz", {"AttentionExplorer", "capture_attention", "plot_attention",
+                     "TokenLineView", "QueryKeyAnatomy", "HeadMetricsTable", "head_metrics",
+                     "compare_attention", "integrated_gradients", "attention_flow",
+                     "gradient_weighted_relevance", "capture_attention_gradients"}),
 ])
 def test_dir_lists_every_export_and_each_loads(module, expected):
     package = importlib.import_module(module)
@@ -28,3 +31,12 @@ def test_listing_attnlab_train_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_importing_attnlab_viz_does_not_import_tensorflow():
+    """Plotting a saved run, its metrics and comparisons needs neither TensorFlow nor widgets."""
+    code = ("import sys, attnlab.viz as v; names = dir(v); "
+            "print('tensorflow' in sys.modules, 'ipywidgets' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False False"
