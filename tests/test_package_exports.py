@@ -40,3 +40,15 @@ def test_importing_attnlab_viz_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False False"
+
+
+def test_every_viz_export_is_the_object_not_a_same_named_module():
+    # Importing a submodule sets the package attribute of its name to the module: the
+    # exports named like their modules must stay the functions afterwards.
+    code = ("import types, attnlab.viz as v, attnlab.viz.integrated_gradients, "
+            "attnlab.viz.attention_flow, attnlab.viz.head_metrics, "
+            "attnlab.viz.compare_attention, attnlab.viz.anatomy; "
+            "print([n for n in v.__all__ if isinstance(getattr(v, n), types.ModuleType)])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"

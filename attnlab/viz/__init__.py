@@ -26,11 +26,13 @@
                             TensorFlow)
     attnlab.viz.attention_flow  attention_flow, plot_attention_flow
 
-The TensorFlow and widget modules are imported on first use, so plotting a saved run
-needs neither.
+TensorFlow and ipywidgets are imported on first use, so plotting a saved run needs neither.
+A function named like its module (integrated_gradients, attention_flow, head_metrics,
+compare_attention) is imported here, so that the package attribute is the function.
 """
 from attnlab.viz.aggregate import head_max, head_mean, reduce_heads
 from attnlab.viz.attention_flow import attention_flow, plot_attention_flow
+from attnlab.viz.attention_gradients import capture_attention_gradients
 from attnlab.viz.compare_attention import (
     AttentionComparison,
     compare_attention,
@@ -44,6 +46,7 @@ from attnlab.viz.head_metrics import (
     plot_metric_map,
 )
 from attnlab.viz.huggingface import capture_hf_attention
+from attnlab.viz.integrated_gradients import integrated_gradients, plot_token_salience
 from attnlab.viz.plots import plot_attention, plot_heads, plot_layers, save_figure
 from attnlab.viz.pretrained import find_pretrained, load_pretrained
 from attnlab.viz.relevance import (
@@ -65,10 +68,7 @@ _LAZY = {"capture_attention": "attnlab.viz.capture",
          "HeadMetricsTable": "attnlab.viz.head_metrics_table",
          "QueryKeyAnatomy": "attnlab.viz.anatomy",
          "query_key_anatomy": "attnlab.viz.anatomy",
-         "QueryKeySnapshot": "attnlab.viz.query_key",
-         "capture_attention_gradients": "attnlab.viz.attention_gradients",
-         "integrated_gradients": "attnlab.viz.integrated_gradients",
-         "plot_token_salience": "attnlab.viz.integrated_gradients"}
+         "QueryKeySnapshot": "attnlab.viz.query_key"}
 
 __all__ = ["attention_flow", "attention_gradient_rollout", "attention_rollout",
            "AttentionComparison", "AttentionExplorer", "AttentionSnapshot",
