@@ -159,6 +159,7 @@ def cmd_train(args):
 def cmd_launch(args):
     from attnlab.train import launch
 
+    runs_dir = _runs_dir(args)  # local arguments first: a bad one never opens a port
     try:
         workers = launch.parse_workers(args.workers)
         index = launch.resolve_index(args.index, workers)
@@ -169,7 +170,6 @@ def cmd_launch(args):
     from attnlab.train.run_dir import RunDir
     from attnlab.train.runner import check_buildable, prepare_run, run_training
 
-    runs_dir = _runs_dir(args)
     name = _default_name(args)
     path = os.path.join(runs_dir, name)
     chief = index == 0
