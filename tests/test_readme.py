@@ -33,3 +33,23 @@ def test_readme_keras_conversion_example_copies_the_weights():
         assert len(layer.get_weights()) == len(keras_weights) == 8
         for got, want in zip(layer.get_weights(), keras_weights):
             np.testing.assert_array_equal(got, want)
+
+
+def test_readme_look_inside_example_runs_on_the_readme_model():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    example = [b for b in blocks if "TokenLineView" in b]
+    assert example, "README.md has no TokenLineView example"
+    namespace = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102  (the model)
+
+    class Vocabulary:
+        tokens = ["<pad>"] + ["w%d" % i for i in range(1, 1000)]
+
+    ids = np.random.RandomState(0).randint(1, 1000, size=(2, 12))
+    ids[:, 9:] = 0
+    namespace.update(ids=ids, vocab=Vocabulary())
+    exec(compile(example[0], "README.md", "exec"), namespace)  # noqa: S102
+    weights = namespace["captured"].weights
+    assert weights and all(w.shape[0] == 2 for w in weights.values())
+    assert namespace["relevance"].shape == (2, 12, 12)
+    assert namespace["ig"].attributions.shape == (2, 12)
