@@ -46,10 +46,10 @@ def test_linear_model_gives_x_minus_baseline_times_w(method, steps):
 
 def test_completeness_on_a_two_layer_transformer_classifier():
     model = transformer_classifier(length=8, depth=16, layers=2)
-    ids = token_ids(3, 8)
+    ids = token_ids(6, 8)
     logits = model(ids).numpy()
     got = integrated_gradients(model, ids, steps=32, batch_size=20)
-    assert got.attributions.shape == (3, 8) and got.embedding_attributions.shape == (3, 8, 16)
+    assert got.attributions.shape == (6, 8) and got.embedding_attributions.shape == (6, 8, 16)
     np.testing.assert_array_equal(got.classes, logits.argmax(-1))
     np.testing.assert_allclose(got.input_values, logits.max(-1), rtol=1e-5)
     # f(baseline): the same model with zero embeddings (positions still added).
@@ -57,13 +57,19 @@ def test_completeness_on_a_two_layer_transformer_classifier():
     embed = model.get_layer("embedding")
     saved = embed.get_weights()
     embed.set_weights([np.zeros_like(saved[0])])
-    want_base = zero(ids).numpy()[np.arange(3), got.classes]
+    want_base = zero(ids).numpy()[np.arange(6), got.classes]
     embed.set_weights(saved)
     np.testing.assert_allclose(got.baseline_values, want_base, rtol=1e-5, atol=1e-6)
     difference = got.input_values - got.baseline_values
-    assert np.all(np.abs(difference) > 1e-2)   # a meaningful check, not 0 vs 0
-    np.testing.assert_allclose(got.attributions.sum(-1), difference, rtol=0.01)
-    assert np.all(got.relative_errors < 0.01)
+    # Relative completeness where f(x) - f(baseline) is not near 0 (a meaningful check,
+    # not 0 vs 0; which examples those are depends on the TensorFlow version's initializers),
+    # and absolute completeness for the others.
+    clear = np.abs(difference) > 1e-2
+    assert clear.sum() >= 3, difference
+    np.testing.assert_allclose(got.attributions.sum(-1)[clear], difference[clear], rtol=0.01)
+    assert np.all(got.relative_errors[clear] < 0.01)
+    np.testing.assert_allclose(got.attributions.sum(-1), difference,
+                               atol=0.01 * np.abs(difference).max())
     np.testing.assert_allclose(got.attribution_sums, got.attributions.sum(-1))
     assert "call" not in vars(embed)
     # The same attributions batch by batch: rows do not interact.
