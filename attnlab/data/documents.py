@@ -1,7 +1,7 @@
 """Document classification where one key sentence decides the label (for hierarchical attention)."""
 import numpy as np
 
-from attnlab.data.task import SPLITS, Task, check_seed, split_counts
+from attnlab.data.task import SPLITS, Task, check_duplicate_draws, check_seed, split_counts
 from attnlab.data.vocab import Vocabulary
 from attnlab.validation import check_non_negative_int, check_positive_int
 
@@ -60,6 +60,7 @@ def make_documents(seed=0, n_train=4000, n_val=500, n_test=500, num_classes=4, n
     total = sum(counts.values())
     shape = (max_sentences, max_words)
     seen, docs, labels, keys, markers, lengths = set(), [], [], [], [], []
+    duplicates = 0
     while len(docs) < total:
         num_sentences = int(rng.integers(min_sentences, max_sentences + 1))
         label = int(rng.integers(num_classes))
@@ -75,7 +76,10 @@ def make_documents(seed=0, n_train=4000, n_val=500, n_test=500, num_classes=4, n
                 marker[s, position] = True
         fingerprint = doc.tobytes()
         if fingerprint in seen:
+            duplicates += 1
+            check_duplicate_draws("documents", duplicates, len(docs), total)
             continue
+        duplicates = 0
         seen.add(fingerprint)
         docs.append(doc)
         labels.append(label)

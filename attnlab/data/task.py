@@ -108,3 +108,22 @@ def split_counts(n_train, n_val, n_test):
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         check_positive_int(name, n)
     return {"train": n_train, "validation": n_val, "test": n_test}
+
+
+# Distinct examples are drawn until there are enough; this many duplicates in a row means
+# the task's settings cannot give that many (e.g. one filler word and one class).
+MAX_DUPLICATE_DRAWS = 10000
+
+
+def check_duplicate_draws(task, duplicates, found, total):
+    """Raise when `duplicates` draws in a row repeated an example already drawn.
+
+    Raises:
+        ValueError: naming the task, how many distinct examples were found and how many
+            n_train + n_val + n_test ask for.
+    """
+    if duplicates >= MAX_DUPLICATE_DRAWS:
+        raise ValueError("%s: found only %d distinct examples of the %d that n_train + n_val "
+                         "+ n_test ask for (%d draws in a row repeated one); ask for fewer "
+                         "or allow more variety (vocabulary, lengths, classes)"
+                         % (task, found, total, duplicates))

@@ -1,7 +1,7 @@
 """Trigger-token classification: the label is set by a few key tokens among filler."""
 import numpy as np
 
-from attnlab.data.task import SPLITS, Task, check_seed, split_counts
+from attnlab.data.task import SPLITS, Task, check_duplicate_draws, check_seed, split_counts
 from attnlab.data.vocab import Vocabulary, pad_batch
 from attnlab.validation import check_positive_int
 
@@ -43,6 +43,7 @@ def make_trigger(seed=0, n_train=4000, n_val=500, n_test=500, num_classes=4,
     rng = np.random.default_rng(seed)
     total = sum(counts.values())
     seen, rows, labels, masks = set(), [], [], []
+    duplicates = 0
     while len(rows) < total:
         length = int(rng.integers(min_length, max_length + 1))
         label = int(rng.integers(num_classes))
@@ -52,7 +53,10 @@ def make_trigger(seed=0, n_train=4000, n_val=500, n_test=500, num_classes=4,
         seq[positions] = trigger_ids[label]
         key = tuple(int(v) for v in seq)
         if key in seen:
+            duplicates += 1
+            check_duplicate_draws("trigger", duplicates, len(rows), total)
             continue
+        duplicates = 0
         seen.add(key)
         rows.append(list(key))
         labels.append(label)

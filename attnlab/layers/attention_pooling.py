@@ -2,6 +2,7 @@
 import tensorflow as tf
 
 from attnlab.layers.layer_helpers import check_depth, clone_initializer, known_depth
+from attnlab.ops.checks import as_bool_mask
 from attnlab.ops.masked_softmax import masked_softmax
 from attnlab.validation import check_floating, check_positive_int, shape_str
 
@@ -88,7 +89,7 @@ class AttentionPooling(tf.keras.layers.Layer):
                                  "shape without D), got mask %s for inputs %s"
                                  % (str(tuple(inputs.shape[:-1].as_list())), shape_str(mask),
                                     shape_str(inputs)))
-            mask = tf.cast(mask, tf.bool)
+            mask = as_bool_mask(mask, "AttentionPooling mask")
         hidden = tf.tanh(tf.tensordot(inputs, self.kernel, axes=1) + self.bias)  # (..., T, U)
         scores = tf.tensordot(hidden, self.context, axes=1)                       # (..., T)
         weights = masked_softmax(scores, mask)

@@ -11,6 +11,7 @@ from attnlab.layers.layer_helpers import (
     finite_number,
     without_keras_mask,
 )
+from attnlab.ops.checks import as_bool_mask
 from attnlab.validation import (
     check_choice,
     check_floating,
@@ -293,10 +294,10 @@ class MixtureOfExperts(tf.keras.layers.Layer):
             valid = tf.ones([num_tokens], tf.bool)
         else:
             mask = tf.convert_to_tensor(mask)
-            if mask.shape.rank != 2:
+            if mask.shape.rank != 2 or not mask.shape.is_compatible_with(inputs.shape[:2]):
                 raise ValueError("MixtureOfExperts expects a (B, T) padding mask, got %s for "
                                  "inputs %s" % (shape_str(mask), shape_str(inputs)))
-            valid = tf.reshape(tf.cast(mask, tf.bool), [-1])
+            valid = tf.reshape(as_bool_mask(mask, "MixtureOfExperts mask"), [-1])
 
         logits, probs, expert_index, gates = self.route(tokens, valid)
 

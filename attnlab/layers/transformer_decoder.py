@@ -149,9 +149,10 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
         check_floating("inputs", inputs)
         if encoder_output is not None:
             # Named here: the cross-attention's own error speaks of (B, H, L, d) heads.
+            # A decoding step runs inside the decoder's loop: no runtime assert there.
             encoder_output = check_same_batch(
                 "TransformerDecoderBlock", ("inputs", "encoder_output"), inputs,
-                tf.convert_to_tensor(encoder_output))
+                tf.convert_to_tensor(encoder_output), runtime=self_attention_cache is None)
         x = tf.cast(without_keras_mask(inputs), self.compute_dtype)
         use_cache = self_attention_cache is not None
         scores = {}

@@ -75,7 +75,8 @@ class PriorGuidedClassifier(tf.keras.Model):
         ids = tf.convert_to_tensor(inputs)
         mask = tf.not_equal(ids, 0)
         x = self.embedding(ids)
-        prior = self.prior_scale * tf.gather(self._prior, ids)  # (B, S)
+        # The scale is read in float32 whatever the policy: the prior is float32.
+        prior = tf.cast(self.prior_scale, tf.float32) * tf.gather(self._prior, ids)  # (B, S)
         bias = tf.cast(prior[:, tf.newaxis, tf.newaxis, :], x.dtype)  # one row for all heads
         y, weights = self.attention(x, x, attention_mask=mask[:, tf.newaxis, :],
                                     attention_bias=bias, return_attention_scores=True,

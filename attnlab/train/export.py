@@ -118,6 +118,11 @@ def load_run_model(run_or_checkpoint):
     if task.source_vocab is None:
         raise ExportError("task %r has no token vocabulary: only token models can be "
                           "exported" % task.name)
+    if task.kind != "seq2seq" and task.arrays("test")[0].ndim != 2:
+        # The serving signature takes (B, T) token rows; documents are (B, S, T).
+        raise ExportError("run %s: model %r reads (B, sentences, words) documents; export "
+                          "serves token rows (B, T) only (classifiers and seq2seq models)"
+                          % (run, config["model"]["name"]))
     policy = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy("float32")
     try:
@@ -348,7 +353,11 @@ def _replace(source, out):
         return
     old = source + ".old"
     os.rename(out, old)
-    os.rename(source, out)
+    try:
+        os.rename(source, out)
+    except OSError:
+        os.rename(old, out)  # the previous export stays
+        raise
     if os.path.isdir(old) and not os.path.islink(old):
         shutil.rmtree(old)
     else:

@@ -12,6 +12,8 @@ from attnlab.train.run_dir import RunDir, atomic_write_text
 
 # The classifier model of token inputs of each rank: (N, T) sequences, (N, S, T) documents.
 CLASSIFIERS = {2: "classifier", 3: "han"}
+# Seconds before a run folder left in state "created" may be replaced by a new start.
+CREATED_GRACE_S = 60.0
 
 
 class RunExistsError(FileExistsError):
@@ -293,13 +295,22 @@ def _one_example(task):
 def _replaceable(path):
     """Whether run folder `path` is a start that failed before its first checkpoint.
 
-    Such a folder holds no training; a new start under the same name may replace it.
+    Such a folder holds no training; a new start under the same name may replace it. A
+    "created" one only once it is a minute old: until then it may be another start of the
+    same name on its way to "running".
     """
     from attnlab.train.run_dir import read_status
 
     status = read_status(path)
     if not status or status.get("state") not in ("created", "failed") or status.get("step"):
         return False
+    if status.get("state") == "created":
+        try:
+            age = time.time() - os.path.getmtime(os.path.join(path, "status.json"))
+        except OSError:
+            return False
+        if age < CREATED_GRACE_S:
+            return False
     checkpoints = os.path.join(path, "checkpoints")
     return not (os.path.isdir(checkpoints) and os.listdir(checkpoints))
 

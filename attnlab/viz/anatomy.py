@@ -160,10 +160,16 @@ def query_key_anatomy(captured, layer, head, query_index, example=0):
 
 
 def anatomy_json(arrays):
-    """`arrays` (QueryKeyArrays) as plain JSON values: lists for arrays, None kept."""
+    """`arrays` (QueryKeyArrays) as plain JSON values: lists for arrays, None kept.
+
+    Values that are not finite (a -inf bias hides a key, as an additive mask does) become
+    None: JSON has no infinity.
+    """
     data = {}
     for name, value in arrays._asdict().items():
         if isinstance(value, np.ndarray):
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                value = np.where(np.isfinite(value), value, None)
             value = value.tolist()
         elif isinstance(value, (np.floating, np.integer)):
             value = value.item()
@@ -399,7 +405,7 @@ class QueryKeyAnatomy:
         """
         if path is None:
             a = self.arrays
-            fmt = export_format("x." + (format or "png"))
+            fmt = export_format(None, format or "png")
             name = "anatomy-%s-h%d-q%d-ex%d.%s" % (a.layer, a.head, a.query_index,
                                                    a.example, fmt)
             path = os.path.join(self.export_dir, re.sub(r"[^A-Za-z0-9._-]+", "_", name))

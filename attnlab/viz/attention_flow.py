@@ -13,6 +13,8 @@ each on a graph of (L + 1) * T nodes and L * T * T edges. That grows like L * T*
 `attention_flow` refuses sizes that would take more than about ten seconds (see
 FLOW_WORK_LIMIT) and names `attention_rollout` as the fast alternative.
 """
+import numbers
+
 import numpy as np
 
 from attnlab.viz.aggregate import as_weights
@@ -181,6 +183,10 @@ def attention_flow(weights_per_layer, head_fusion="mean", add_residual=True,
         >>> attention_flow([a, a])[0].tolist()            # 0.5 A + 0.5 I, twice
         [[1.0, 1.0], [1.0, 1.0]]
     """
+    if work_limit is not None and (isinstance(work_limit, bool) or
+                                   not isinstance(work_limit, numbers.Real) or
+                                   not work_limit > 0):
+        raise ValueError("work_limit must be a positive number or None, got %r" % (work_limit,))
     capacities = residual_capacities(weights_per_layer, head_fusion, add_residual)
     batch, tokens, _ = capacities[0].shape
     layers = len(capacities)

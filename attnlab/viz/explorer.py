@@ -406,7 +406,7 @@ class AttentionExplorer:
             The path written.
         """
         if path is None:
-            fmt = export_format("x." + (format or "png"))
+            fmt = export_format(None, format or "png")
             main = self._panels[0]
             name = "attention-%s-%s%s-ex%d.%s" % (
                 main.layer, main.head, "" if main.step is None else "-step%d" % main.step,

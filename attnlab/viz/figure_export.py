@@ -38,10 +38,15 @@ def export_format(path, format=None):
     Raises:
         ValueError: the format (or suffix) is not one of EXPORT_FORMATS.
     """
-    fmt = (format or os.path.splitext(str(path))[1].lstrip(".")).lower()
+    if format is not None:
+        if not isinstance(format, str) or format.lower() not in EXPORT_FORMATS:
+            raise ValueError("format must be one of %s, got %r"
+                             % (", ".join(EXPORT_FORMATS), format))
+        return format.lower()
+    fmt = os.path.splitext(str(path))[1].lstrip(".").lower()
     if fmt not in EXPORT_FORMATS:
-        raise ValueError("can export %s only, got %r for path %r"
-                         % (", ".join(EXPORT_FORMATS), fmt, str(path)))
+        raise ValueError("can export %s only, got %r for path %r (pass format= or use one of "
+                         "these suffixes)" % (", ".join(EXPORT_FORMATS), fmt, str(path)))
     return fmt
 
 
@@ -61,7 +66,7 @@ def figure_bytes(fig, fmt, dpi=None, bbox_inches=None, title=None, data=None, sc
     """
     import matplotlib
 
-    fmt = export_format("figure." + str(fmt))
+    fmt = export_format(None, fmt)
     buffer = io.BytesIO()
     saved_as = "svg" if fmt == "html" else fmt
     # No date and fixed SVG ids: the same view exports to the same bytes.

@@ -76,7 +76,8 @@ def source_snapshot(source, query_tokens=None, key_tokens=None, step=None, name=
                         "AttentionSnapshot, a list of snapshots or a run folder, got %s"
                         % (name, type(source).__name__))
     if step is None:
-        return max(snapshots, key=lambda s: -1 if s.step is None else s.step)
+        # The last snapshot: the highest step, and the last one given among equal steps.
+        return max(reversed(snapshots), key=lambda s: -1 if s.step is None else s.step)
     steps = [s.step for s in snapshots]
     if step not in steps or isinstance(step, bool):
         raise ValueError("step %r is not a step of %s (steps: %s)" % (step, name, steps))
@@ -306,7 +307,8 @@ def head_metrics(source, query_tokens=None, key_tokens=None, query_mask=None, pa
                 row[name] = float(values[name][h]) if name in values else None
             row["queries"] = int(counts[h])
             rows.append(row)
-            maps.append((p[:, h], used[:, h]))
+            if similarity is not None:  # kept only when needed: all layers' maps at once
+                maps.append((p[:, h], used[:, h]))
     sim = None if similarity is None else head_similarity(maps, similarity)
     return HeadMetrics(rows, list(snapshot.weights), metrics, sim, similarity, sinks,
                        snapshot.step)

@@ -192,12 +192,11 @@ class HeadMetricsTable:
 
     @state.setter
     def state(self, value):
-        value = dict(value)
-        value.pop("step", None)
         self.set_state(**value)
 
     def set_state(self, **changes):
         """Set any of: sort_by, descending, metric, layer, head (checked); one redraw follows.
+        `step` is accepted when it is the metrics' own step (so `set_state(**state)` works).
 
         Raises:
             ValueError: an unknown name, a column or metric that does not exist, or a
@@ -205,6 +204,12 @@ class HeadMetricsTable:
             TypeError: descending that is not a bool.
         """
         settable = ("sort_by", "descending", "metric", "layer", "head")
+        changes = dict(changes)
+        if "step" in changes:
+            step = changes.pop("step")
+            if step != self.metrics.step:
+                raise ValueError("step %r: this table shows the metrics of step %r; build "
+                                 "another table for another step" % (step, self.metrics.step))
         unknown = sorted(set(changes) - set(settable))
         if unknown:
             raise ValueError("unknown head metrics table state %s; settable: %s"
@@ -352,7 +357,7 @@ class HeadMetricsTable:
         from attnlab.viz.figure_export import figure_bytes
 
         if path is None:
-            fmt = export_format("x." + (format or "png"))
+            fmt = export_format(None, format or "png")
             step = self.metrics.step
             name = "head-metrics-%s%s.%s" % (self.metric,
                                              "" if step is None else "-step%d" % step, fmt)

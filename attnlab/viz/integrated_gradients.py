@@ -274,6 +274,7 @@ def integrated_gradients(model, inputs, embedding_layer=None, baseline="zeros", 
                                                 tuple(embedded.shape.as_list())))
     embedded = embedded.numpy().astype(np.float64)
     batch = embedded.shape[0]
+    tokens = normalize_tokens(tokens, batch, embedded.shape[1], "tokens")  # before the runs
     classes = resolve_classes(target, outputs)
     input_values = target_values(target, outputs, classes, batch).numpy().astype(np.float64)
     base = _baseline(baseline, embedded)
@@ -324,9 +325,7 @@ def integrated_gradients(model, inputs, embedding_layer=None, baseline="zeros", 
                       % (worst, sums[worst], input_values[worst] - baseline_values[worst],
                          relative[worst], completeness_tolerance), stacklevel=2)
     return IntegratedGradients(attributions, per_dimension, input_values, baseline_values, sums,
-                               relative, classes,
-                               normalize_tokens(tokens, batch, embedded.shape[1], "tokens"),
-                               method, steps)
+                               relative, classes, tokens, method, steps)
 
 
 def _replace(output, path):

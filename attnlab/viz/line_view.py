@@ -509,7 +509,7 @@ class TokenLineView:
             The path written.
         """
         if path is None:
-            fmt = export_format("x." + (format or "png"))
+            fmt = export_format(None, format or "png")
             step = self._panel.step
             name = "lines-%s-ex%d%s.%s" % (self._panel.layer, self.example,
                                            "" if step is None else "-step%d" % step, fmt)

@@ -238,13 +238,14 @@ def recording_query_key(model, layers=None):
                                    _attnlab_recorder(layer, path, append, previous))
                 restore.append((layer, "query_key_recorder", previous))
             else:
+                own = vars(layer).get("_compute_attention")  # an instance attribute, if any
                 object.__setattr__(layer, "_compute_attention", _keras_compute_attention(
                     layer, path, layer._compute_attention, append))
-                restore.append((layer, "_compute_attention", None))
+                restore.append((layer, "_compute_attention", own))
         yield records
     finally:
         for layer, name, previous in reversed(restore):
-            if name == "_compute_attention":
+            if name == "_compute_attention" and previous is None:
                 object.__delattr__(layer, name)
             else:
                 object.__setattr__(layer, name, previous)

@@ -191,7 +191,15 @@ def save_attention_snapshot(run_dir, step, epoch, weights, query_tokens=None,
     filename = "step-%09d.npz" % snapshot.step
     path = atomic_write_bytes(os.path.join(folder, filename), buffer.getvalue())
 
-    index = _read_index(folder)
+    try:
+        index = _read_index(folder)
+    except SnapshotError as err:
+        # A damaged index must not stop a training run: it is kept beside a new one.
+        kept = os.path.join(folder, INDEX + ".damaged")
+        os.replace(os.path.join(folder, INDEX), kept)
+        warnings.warn("%s; kept as %s, a new index starts with step %d"
+                      % (err, kept, snapshot.step), stacklevel=2)
+        index = {"format": FORMAT, "version": VERSION, "snapshots": []}
     # Malformed entries (no integer step) cannot be loaded anyway: dropped, not sorted.
     entries = [e for e in index["snapshots"] if isinstance(e, dict) and
                isinstance(e.get("step"), int) and e["step"] != snapshot.step]

@@ -95,3 +95,15 @@ def test_digits_arguments(args, name):
 def test_registry_unknown_task():
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         make_task("nope")
+
+
+@pytest.mark.parametrize("name, args", [
+    ("trigger", dict(num_classes=1, num_filler=1, min_length=1, max_length=1,
+                     max_triggers=1)),
+    ("documents", dict(num_classes=1, num_filler=1, num_distractors=0, min_sentences=1,
+                       max_sentences=1, min_words=1, max_words=1)),
+])
+def test_settings_with_too_few_distinct_examples_are_refused_not_looped_on(name, args):
+    with pytest.raises(ValueError, match=r"%s: found only \d+ distinct examples of the 8 that "
+                                         r"n_train \+ n_val \+ n_test ask for" % name):
+        make_task(name, n_train=4, n_val=2, n_test=2, **args)

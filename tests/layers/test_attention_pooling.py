@@ -111,3 +111,12 @@ def test_bad_arguments_and_inputs():
     with pytest.raises(TypeError, match="inputs must be a floating-point tensor, got dtype "
                                         "int32"):
         AttentionPooling(4)(tf.zeros([2, 5, 3], tf.int32))
+
+
+def test_an_additive_float_mask_is_refused_not_inverted():
+    layer = AttentionPooling(units=4)
+    x = tf.random.normal([2, 3, 5])
+    additive = tf.constant([[0.0, 0.0, -1e9], [0.0, -1e9, -1e9]])
+    with pytest.raises(ValueError, match="AttentionPooling mask of dtype float32 has values "
+                                         "other than 0 and 1"):
+        layer(x, mask=additive)

@@ -478,3 +478,12 @@ def test_decoder_block_with_experts_check_layer(tmp_path):
                 {"num_heads": 2, "intermediate_dim": 16, "num_experts": 3,
                  "expert_capacity_factor": 1.0, "norm_first": True},
                 inputs, tmp_path, expected_output_shape=(2, 4, 8))
+
+
+def test_a_mask_that_does_not_fit_the_tokens_is_named():
+    layer = MixtureOfExperts(num_experts=2, intermediate_dim=8)
+    x = tf.random.normal([2, 3, 4])
+    with pytest.raises(ValueError, match=r"MixtureOfExperts expects a \(B, T\) padding mask"):
+        layer(x, mask=tf.ones([2, 4], tf.bool))
+    with pytest.raises(ValueError, match="values other than 0 and 1"):
+        layer(x, mask=tf.constant([[0.0, 0.0, -1e9], [0.0, -1e9, -1e9]]))

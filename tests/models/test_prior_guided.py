@@ -120,3 +120,20 @@ def test_term_weight_prior_from_counts():
 def test_term_weight_prior_refuses_bad_input(ids, labels, message):
     with pytest.raises(ValueError, match=message):
         term_weight_prior(ids, labels, vocab_size=6, num_classes=2)
+
+
+def test_mixed_float16_runs_and_matches_float32():
+    # The prior and its scale stay float32 under a float16 policy.
+    reference = _model(_prior(), learn_prior_scale=True)
+    expected = reference(IDS).numpy()
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        half = PriorGuidedClassifier(VOCAB, CLASSES, _prior(), embed_dim=DIM, num_heads=HEADS,
+                                     learn_prior_scale=True)
+        half(IDS)
+        half.set_weights(reference.get_weights())
+        got = half(IDS).numpy()
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-2)

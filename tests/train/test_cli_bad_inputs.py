@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -213,10 +214,23 @@ def test_a_failed_start_is_replaced_by_a_new_one(runs, status):
     from attnlab.train.config import validate_config
 
     folder = _leftover(runs, "r", status)
+    old = time.time() - 120  # a "created" folder is replaced once it is a minute old
+    os.utime(str(folder / "status.json"), (old, old))
     config = validate_config({"task": {"name": "reverse"}, "model": {"name": "transformer"}})
     run = prepare_run(config, str(runs), "r")
     assert run.read_status()["state"] == "created"
     assert (folder / "config.yaml").exists()
+
+
+def test_a_start_still_in_state_created_is_not_replaced(runs):
+    # Another start of the same name, between creating its folder and "running".
+    from attnlab.train.config import validate_config
+
+    folder = _leftover(runs, "r", {"state": "created", "step": 0})
+    config = validate_config({"task": {"name": "reverse"}, "model": {"name": "transformer"}})
+    with pytest.raises(RunExistsError):
+        prepare_run(config, str(runs), "r")
+    assert not (folder / "config.yaml").exists()
 
 
 @pytest.mark.parametrize("status,checkpoint", [

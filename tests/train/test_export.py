@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from attnlab.decoding import greedy_decode
 from attnlab.train.cli import main
-from attnlab.train.config import validate_config
+from attnlab.train.config import load_config, validate_config
 from attnlab.train.export import export_run, load_run_model, output_names
 from attnlab.train.runner import prepare_run, run_training
 
@@ -337,6 +337,16 @@ def test_cli_refuses_what_it_cannot_export_with_exit_code_2(runs, tmp_path, caps
     err = _export_fails([runs / "classifier", out], capsys, parent)
     assert "exists and is not empty" in err and "--force" in err
     assert (out / "keep.txt").read_text() == "precious"
+    # A documents model (B, sentences, words) has no token-row signature: refused, named.
+    han = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "configs", "documents_han.yaml"))
+    han["task"].update(n_train=40, n_val=8, n_test=8)
+    han_run = prepare_run(validate_config(han), str(tmp_path / "runs"), "han")
+    os.makedirs(os.path.join(han_run.path, "checkpoints"), exist_ok=True)
+    tf.train.Checkpoint(step=tf.Variable(1)).save(
+        os.path.join(han_run.path, "checkpoints", "ckpt"))
+    err = _export_fails([han_run.path, parent / "h"], capsys, parent)
+    assert "model 'han' reads (B, sentences, words) documents" in err
 
 
 def test_a_failed_export_leaves_nothing_behind(runs, tmp_path, monkeypatch):

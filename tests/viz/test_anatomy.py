@@ -283,3 +283,16 @@ def test_ipympl_canvas_view(setup, restore_backend, tmp_path):
     assert view.png().startswith(b"\x89PNG")
     with open(view.export(str(tmp_path / "view.pdf")), "rb") as f:
         assert f.read().startswith(b"%PDF-")
+
+
+def test_anatomy_json_turns_a_hiding_minus_inf_bias_into_none():
+    # An additive mask passed as bias holds -inf: JSON (and the HTML export) has no infinity.
+    from attnlab.viz.anatomy import QueryKeyArrays
+
+    fields = dict.fromkeys(QueryKeyArrays._fields)
+    fields.update(bias=np.array([0.5, -np.inf]), logits=np.array([1.5, -np.inf]),
+                  weights=np.array([1.0, 0.0]))
+    data = anatomy_json(QueryKeyArrays(**fields))
+    assert data["bias"] == [0.5, None] and data["logits"] == [1.5, None]
+    assert data["weights"] == [1.0, 0.0]
+    json.dumps(data, allow_nan=False)

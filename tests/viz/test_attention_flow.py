@@ -112,6 +112,9 @@ def test_sizes_beyond_the_limit_are_refused_with_the_size_and_the_alternative():
         attention_flow(big)
     with pytest.raises(ValueError, match="exceeds the limit 100"):
         attention_flow([np.full((1, 1, 3, 3), 1 / 3)] * 2, work_limit=100)
+    for bad in ("100", 0, True):
+        with pytest.raises(ValueError, match="work_limit must be a positive number or None"):
+            attention_flow([np.full((1, 1, 3, 3), 1 / 3)] * 2, work_limit=bad)
     uniform = attention_flow([np.full((1, 1, 3, 3), 1 / 3)] * 2, work_limit=None)
     # Capacities 2/3 on the diagonal, 1/6 elsewhere; through each middle node k the flow is
     # min(C1[k, s], C2[t, k]): s == t gives 2/3 + 1/6 + 1/6 = 1, s != t gives 3 * 1/6.

@@ -115,3 +115,8 @@ def test_failed_save_leaves_no_file(figure, tmp_path, monkeypatch):
         save_figure_as(figure, target)
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pdf"]
+
+
+def test_a_bad_format_argument_is_named():
+    with pytest.raises(ValueError, match=r"format must be one of png, svg, pdf, html, got 'jpg'"):
+        export_format("figure.png", "jpg")

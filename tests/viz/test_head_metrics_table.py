@@ -131,6 +131,10 @@ def test_state_round_trip_and_bad_values_named():
     other = _table()
     other.state = table.state
     assert other.state == table.state and other.table_rows() == table.table_rows()
+    other.set_state(**table.state)  # the state, step included, is settable as it reads
+    assert other.state == table.state
+    with pytest.raises(ValueError, match="step 5: this table shows the metrics of step None"):
+        table.set_state(step=5)
     with pytest.raises(ValueError, match="sort_by must be one of"):
         table.set_state(sort_by="speed")
     with pytest.raises(ValueError, match="metric must be one of"):

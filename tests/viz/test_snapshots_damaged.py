@@ -160,3 +160,14 @@ def test_saving_after_a_damaged_entry_keeps_working(run):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [s.step for s in load_attention_snapshots(run)] == [100, 200, 300, 400]
+
+
+def test_saving_after_a_damaged_index_keeps_it_beside_a_new_one(run):
+    # A training run's next snapshot must not fail on a damaged index; nothing is lost.
+    path = run / "attention" / "index.json"
+    path.write_text("{not json")
+    with pytest.warns(UserWarning, match=r"index.json is damaged.*kept as .*index.json.damaged"):
+        save_attention_snapshot(run, 400, 4, _weights(400), ["a", "b", "c"])
+    assert (run / "attention" / "index.json.damaged").read_text() == "{not json"
+    assert [s.step for s in load_attention_snapshots(run)] == [400]
+    assert _npz(run, 100).exists()
