@@ -20,7 +20,6 @@ Example:
 import collections
 import contextlib
 import functools
-import importlib.util
 import numbers
 import os
 import re
@@ -37,6 +36,7 @@ from attnlab.viz.figure_export import (
     figure_bytes,
 )
 from attnlab.viz.query_key import QueryKeySnapshot, masked_softmax
+from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
 _FIELDS = ("layer", "head", "query_index", "example", "query_token", "key_tokens", "query",
            "keys", "query_rotated", "keys_rotated", "products", "dots", "scale", "scaled",
@@ -211,7 +211,7 @@ class QueryKeyAnatomy:
         import ipywidgets as widgets
         from matplotlib.figure import Figure
 
-        check_choice("backend", backend, ("auto", "ipympl", "image"))
+        check_choice("backend", backend, BACKENDS)
         self.captured = _check_captured(captured)
         layer = next(iter(captured.query_key)) if layer is None else layer
         self.arrays = query_key_anatomy(captured, layer, head, query_index, example)
@@ -224,7 +224,7 @@ class QueryKeyAnatomy:
         self._observers = []
         self._holding = False
         self._png = b""
-        self._mode = self._choose_backend(backend)
+        self._mode = choose_backend(backend)
         self.figure = Figure(figsize=self._figsize(), dpi=dpi)
         if self._mode == "ipympl":
             from ipympl.backend_nbagg import Canvas, FigureManager
@@ -241,17 +241,6 @@ class QueryKeyAnatomy:
         self._refresh()
 
     # ---------------------------------------------------------------- construction
-    @staticmethod
-    def _choose_backend(backend):
-        if backend != "auto":
-            return backend
-        import matplotlib
-
-        if importlib.util.find_spec("ipympl") is None:
-            return "image"
-        name = matplotlib.get_backend().lower()
-        return "ipympl" if ("ipympl" in name or "widget" in name) else "image"
-
     def _figsize(self):
         if self.figsize is not None:
             return self.figsize

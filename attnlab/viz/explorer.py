@@ -13,7 +13,6 @@ crosshair; a plain image has no mouse events, so there the tokens control select
 import collections
 import contextlib
 import functools
-import importlib.util
 import numbers
 import os
 import re
@@ -22,6 +21,7 @@ from attnlab.validation import check_choice
 from attnlab.viz.explorer_figure import ExplorerFigure
 from attnlab.viz.explorer_panel import ExplorerPanel, batch_size, explorer_frames
 from attnlab.viz.figure_export import EXPORT_FORMATS, atomic_write_bytes, export_format
+from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
 
 class AttentionExplorer:
@@ -64,7 +64,7 @@ class AttentionExplorer:
                  panel_size=(4.2, 4.8), dpi=100, pixel_ratio=1):
         import ipywidgets as widgets
 
-        check_choice("backend", backend, ("auto", "ipympl", "image"))
+        check_choice("backend", backend, BACKENDS)
         if isinstance(pixel_ratio, bool) or not isinstance(pixel_ratio, numbers.Real) \
                 or not 0 < pixel_ratio <= 8:
             raise ValueError("pixel_ratio must be a number in (0, 8] (device pixels per CSS "
@@ -91,7 +91,7 @@ class AttentionExplorer:
         self.last_export = None
         self._observers = []
         self._holding = False
-        self._mode = self._choose_backend(backend)
+        self._mode = choose_backend(backend)
         self._drawing = ExplorerFigure(self._panels, self._mode, panel_size, dpi, pixel_ratio,
                                        cmap, max_ticks)
         self.figure = self._drawing.figure
@@ -104,18 +104,6 @@ class AttentionExplorer:
         self._refresh(full=True)
 
     # ---------------------------------------------------------------- construction
-    @staticmethod
-    def _choose_backend(backend):
-        if backend != "auto":
-            return backend
-        import matplotlib
-
-        # Importing ipympl switches matplotlib's backend, so only look for it here.
-        if importlib.util.find_spec("ipympl") is None:
-            return "image"
-        name = matplotlib.get_backend().lower()
-        return "ipympl" if ("ipympl" in name or "widget" in name) else "image"
-
     def _build_controls(self, widgets):
         batch = batch_size(self._panels[0].frames)
         self.controls = collections.OrderedDict()

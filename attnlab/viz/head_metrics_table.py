@@ -15,7 +15,6 @@ import collections
 import contextlib
 import functools
 import html
-import importlib.util
 import os
 import re
 
@@ -24,21 +23,11 @@ import numpy as np
 from attnlab.validation import check_choice
 from attnlab.viz.figure_export import EXPORT_FORMATS, atomic_write_bytes, export_format
 from attnlab.viz.head_metrics import HeadMetrics, head_metrics
+from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
 _STYLE = ("<style>.attnlab-metrics-table select, .attnlab-table-header pre "
           "{font-family: monospace; font-size: 12px; white-space: pre}"
           ".attnlab-table-header pre {margin: 0 0 0 4px}</style>")
-
-
-def _choose_backend(backend):
-    if backend != "auto":
-        return backend
-    import matplotlib
-
-    if importlib.util.find_spec("ipympl") is None:
-        return "image"
-    name = matplotlib.get_backend().lower()
-    return "ipympl" if ("ipympl" in name or "widget" in name) else "image"
 
 
 def _cell(value, width):
@@ -81,7 +70,7 @@ class HeadMetricsTable:
                  export_dir=None, cmap="viridis", figsize=None, dpi=100):
         import ipywidgets as widgets
 
-        check_choice("backend", backend, ("auto", "ipympl", "image"))
+        check_choice("backend", backend, BACKENDS)
         if isinstance(source, HeadMetrics):
             self.metrics = source
         else:
@@ -100,7 +89,7 @@ class HeadMetricsTable:
         self._observers = []
         self._holding = False
         self._order = list(range(len(self.metrics.rows)))
-        self._mode = _choose_backend(backend)
+        self._mode = choose_backend(backend)
         if figsize is None:
             heads = max(r["head"] for r in self.metrics.rows) + 1
             figsize = (max(5.0, 1.8 + 0.6 * heads),

@@ -28,11 +28,11 @@ import re
 import numpy as np
 
 from attnlab.validation import check_choice, check_number, check_positive_int
-from attnlab.viz.explorer import AttentionExplorer
 from attnlab.viz.explorer_panel import ExplorerPanel, batch_size, explorer_frames
 from attnlab.viz.figure_export import EXPORT_FORMATS, atomic_write_bytes, export_format
 from attnlab.viz.line_figure import LINE_VIEW_SCRIPT, LineFigure
 from attnlab.viz.line_selection import attention_lines
+from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
 STATE_ORDER = ("example", "layer", "step", "head", "heads", "token_window", "key_window",
                "threshold", "max_lines", "selected_query", "selected_key")
@@ -84,7 +84,7 @@ class TokenLineView:
                  linewidth=1.0):
         import ipywidgets as widgets
 
-        check_choice("backend", backend, ("auto", "ipympl", "image"))
+        check_choice("backend", backend, BACKENDS)
         if isinstance(pixel_ratio, bool) or not isinstance(pixel_ratio, numbers.Real) \
                 or not 0 < pixel_ratio <= 8:
             raise ValueError("pixel_ratio must be a number in (0, 8] (device pixels per CSS "
@@ -104,7 +104,7 @@ class TokenLineView:
         self._observers = []
         self._holding = False
         self._layout_key = None
-        self._mode = AttentionExplorer._choose_backend(backend)
+        self._mode = choose_backend(backend)
         self._drawing = LineFigure(self._mode, figsize, dpi, pixel_ratio, max_labels,
                                    linewidth)
         self.figure = self._drawing.figure

@@ -15,8 +15,11 @@ projected queries and keys (per head), the scale, the additive score bias and th
   `attnlab.viz.capture` wraps `call`.
 
 Each record satisfies weights == softmax(scale * q_rot . k_rot + bias) over the keys its
-mask shows (`QueryKeyRecord.softmax`). Layers with (B, T, D) inputs and a full attention
-kernel are recorded; the others have no record.
+mask shows (`QueryKeyRecord.softmax`), with one exception: a query whose keys are all hidden
+gets zero weights from attnlab's layer and from `softmax()`, but uniform weights from
+tf.keras's layer (it adds a large negative number instead of hiding keys), e.g. padding
+queries. Layers with (B, T, D) inputs and a full attention kernel are recorded; the others
+have no record.
 """
 import collections
 import contextlib
