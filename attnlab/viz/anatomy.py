@@ -18,11 +18,9 @@ Example:
     >>> QueryKeyAnatomy(captured)          # in a notebook cell
 """
 import collections
-import contextlib
 import functools
 import numbers
 import os
-import re
 
 import numpy as np
 
@@ -31,11 +29,10 @@ from attnlab.viz.anatomy_figure import draw_anatomy
 from attnlab.viz.explorer_figure import png_bytes
 from attnlab.viz.figure_export import (
     EXPORT_FORMATS,
-    atomic_write_bytes,
-    export_format,
     figure_bytes,
 )
 from attnlab.viz.query_key import QueryKeySnapshot, masked_softmax
+from attnlab.viz.view_widget import ViewWidget
 from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
 _FIELDS = ("layer", "head", "query_index", "example", "query_token", "key_tokens", "query",
@@ -177,7 +174,7 @@ def anatomy_json(arrays):
     return data
 
 
-class QueryKeyAnatomy:
+class QueryKeyAnatomy(ViewWidget):
     """Interactive query/key anatomy: layer, head, example and query controls over the
     panels of `attnlab.viz.anatomy_figure`, with export.
 
@@ -211,6 +208,7 @@ class QueryKeyAnatomy:
         import ipywidgets as widgets
         from matplotlib.figure import Figure
 
+        self._init_view()
         check_choice("backend", backend, BACKENDS)
         self.captured = _check_captured(captured)
         layer = next(iter(captured.query_key)) if layer is None else layer
@@ -219,10 +217,7 @@ class QueryKeyAnatomy:
         self.cmap = cmap
         self.max_ticks = max_ticks
         self.figsize = figsize
-        self.last_export = None
         self.drawn = {}
-        self._observers = []
-        self._holding = False
         self._png = b""
         self._mode = choose_backend(backend)
         self.figure = Figure(figsize=self._figsize(), dpi=dpi)
@@ -267,6 +262,7 @@ class QueryKeyAnatomy:
         self.export_button = widgets.Button(description="export", icon="download",
                                             tooltip="save exactly this figure")
         self.status = widgets.HTML(value="")
+        self._export_format_control = self.controls["export_format"]
         self._sync_options()
         for name, control in self.controls.items():
             control.add_class("attnlab-" + name.replace("_", "-"))
@@ -337,18 +333,6 @@ class QueryKeyAnatomy:
         self._sync_options()
         self._refresh()
 
-    def observe(self, callback):
-        """Call `callback(state)` after every change (from the page or from Python)."""
-        self._observers.append(callback)
-
-    @contextlib.contextmanager
-    def _held(self):
-        holding, self._holding = self._holding, True
-        try:
-            yield
-        finally:
-            self._holding = holding
-
     def _on_control(self, name, change):
         if self._holding:
             return
@@ -370,9 +354,7 @@ class QueryKeyAnatomy:
             self._png = png_bytes(self.figure.canvas)
             self.view.value = self._png
         self.status.value = ""
-        state = self.state
-        for callback in self._observers:
-            callback(state)
+        self._notify()
 
     def png(self):
         """The PNG bytes displayed ("image" mode) or a fresh render ("ipympl" mode)."""
@@ -381,43 +363,12 @@ class QueryKeyAnatomy:
         return figure_bytes(self.figure, "png")
 
     # ---------------------------------------------------------------- export
-    def export(self, path=None, format=None):
-        """Save exactly what is displayed, as PNG, SVG, PDF or self-contained HTML.
+    def _export_name(self, fmt):
+        a = self.arrays
+        return "anatomy-%s-h%d-q%d-ex%d.%s" % (a.layer, a.head, a.query_index, a.example, fmt)
 
-        Args:
-            path: target file (default: export_dir/anatomy-<layer>-h<head>-q<query>-ex<b>.<fmt>).
-            format: "png", "svg", "pdf" or "html" (default: the path's suffix, else "png").
-                The HTML page holds the figure as SVG, the state and every array as JSON.
-
-        Returns:
-            The path written.
-        """
-        if path is None:
-            a = self.arrays
-            fmt = export_format(None, format or "png")
-            name = "anatomy-%s-h%d-q%d-ex%d.%s" % (a.layer, a.head, a.query_index,
-                                                   a.example, fmt)
-            path = os.path.join(self.export_dir, re.sub(r"[^A-Za-z0-9._-]+", "_", name))
-        fmt = export_format(path, format)
-        if fmt == "png":
-            data = self.png()
-        else:
-            data = figure_bytes(self.figure, fmt, title="query/key anatomy: %s"
-                                % self.arrays.layer,
-                                data={"state": self.state,
-                                      "anatomy": anatomy_json(self.arrays)})
-        self.last_export = atomic_write_bytes(os.fspath(path), data)
-        return self.last_export
-
-    def _export_clicked(self):
-        try:
-            path = self.export(format=self.controls["export_format"].value)
-            self.status.value = "saved <code>%s</code>" % path
-        except (OSError, ValueError) as error:
-            self.status.value = "export failed: %s" % error
-
-    # ---------------------------------------------------------------- display
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+    def _export_document(self, fmt):
+        """The HTML page holds the figure as SVG and the state and the anatomy's arrays as
+        JSON."""
+        return figure_bytes(self.figure, fmt, title="query/key anatomy: %s" % self.arrays.layer,
+                            data={"state": self.state, "anatomy": anatomy_json(self.arrays)})

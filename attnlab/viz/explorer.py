@@ -11,20 +11,19 @@ With ipympl, clicking a cell selects its query token and hovering shows a row/co
 crosshair; a plain image has no mouse events, so there the tokens control selects.
 """
 import collections
-import contextlib
 import functools
 import numbers
 import os
-import re
 
 from attnlab.validation import check_choice
 from attnlab.viz.explorer_figure import ExplorerFigure
 from attnlab.viz.explorer_panel import ExplorerPanel, batch_size, explorer_frames
-from attnlab.viz.figure_export import EXPORT_FORMATS, atomic_write_bytes, export_format
+from attnlab.viz.figure_export import EXPORT_FORMATS
+from attnlab.viz.view_widget import ViewWidget
 from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
 
-class AttentionExplorer:
+class AttentionExplorer(ViewWidget):
     """Interactive attention heatmap with controls, token selection, comparison and export.
 
     Args:
@@ -64,6 +63,7 @@ class AttentionExplorer:
                  panel_size=(4.2, 4.8), dpi=100, pixel_ratio=1):
         import ipywidgets as widgets
 
+        self._init_view()
         check_choice("backend", backend, BACKENDS)
         if isinstance(pixel_ratio, bool) or not isinstance(pixel_ratio, numbers.Real) \
                 or not 0 < pixel_ratio <= 8:
@@ -88,9 +88,6 @@ class AttentionExplorer:
         self.query_window = None
         self.key_window = None
         self.hover = None
-        self.last_export = None
-        self._observers = []
-        self._holding = False
         self._mode = choose_backend(backend)
         self._drawing = ExplorerFigure(self._panels, self._mode, panel_size, dpi, pixel_ratio,
                                        cmap, max_ticks)
@@ -134,6 +131,7 @@ class AttentionExplorer:
             layout=widgets.Layout(width="160px"))
         self.export_button = widgets.Button(description="export", icon="download",
                                             tooltip="save exactly this figure")
+        self._export_format_control = self.controls["export_format"]
         self.status = widgets.HTML(value="")
         for name, control in self.controls.items():
             control.add_class("attnlab-" + name.replace("_", "-"))
@@ -240,10 +238,6 @@ class AttentionExplorer:
             raise ValueError("%s %r is not one of %s" % (name, value, values))
         control.value = value
 
-    def observe(self, callback):
-        """Call `callback(state)` after every change (from the page or from Python)."""
-        self._observers.append(callback)
-
     # ---------------------------------------------------------------- control events
     def _on_control(self, name, change):
         panel = self._panels[1 if name.endswith("_compare") else 0]
@@ -308,18 +302,6 @@ class AttentionExplorer:
                 control.options = options
             control.value = tuple(self.selected_tokens)
 
-    @contextlib.contextmanager
-    def _held(self):
-        """Control changes inside the block draw nothing: its caller redraws once after.
-
-        Blocks nest: each gives back the holding it found.
-        """
-        holding, self._holding = self._holding, True
-        try:
-            yield
-        finally:
-            self._holding = holding
-
     def _on_click(self, event):
         for panel in self._panels:
             if event.inaxes is panel.ax and event.ydata is not None:
@@ -351,9 +333,7 @@ class AttentionExplorer:
         if png is not None:
             self.view.value = png
         self.status.value = ""
-        state = self.state
-        for callback in self._observers:
-            callback(state)
+        self._notify()
 
     # ---------------------------------------------------------------- reading back
     def image_data(self, panel=0):
@@ -382,43 +362,12 @@ class AttentionExplorer:
         return self._drawing.png()
 
     # ---------------------------------------------------------------- export
-    def export(self, path=None, format=None):
-        """Save exactly what is displayed, as PNG, SVG, PDF or self-contained HTML.
+    def _export_name(self, fmt):
+        main = self._panels[0]
+        return "attention-%s-%s%s-ex%d.%s" % (
+            main.layer, main.head, "" if main.step is None else "-step%d" % main.step,
+            self.example, fmt)
 
-        Args:
-            path: target file (default: export_dir/attention-<layer>-<head>[-step<N>].<fmt>).
-            format: "png", "svg", "pdf" or "html" (default: the path's suffix, else "png").
-                The HTML page holds the figure as SVG and the explorer's state as JSON.
-
-        Returns:
-            The path written.
-        """
-        if path is None:
-            fmt = export_format(None, format or "png")
-            main = self._panels[0]
-            name = "attention-%s-%s%s-ex%d.%s" % (
-                main.layer, main.head, "" if main.step is None else "-step%d" % main.step,
-                self.example, fmt)
-            path = os.path.join(self.export_dir, re.sub(r"[^A-Za-z0-9._-]+", "_", name))
-        fmt = export_format(path, format)
-        if fmt == "png":
-            data = self.png()
-        else:
-            data = self._drawing.render(fmt, title="attention: %s" % self.title(),
-                                        data={"state": self.state})
-        self.last_export = atomic_write_bytes(os.fspath(path), data)
-        return self.last_export
-
-    def _export_clicked(self):
-        try:
-            path = self.export(format=self.controls["export_format"].value)
-            self.status.value = "saved <code>%s</code>" % path
-        except (OSError, ValueError) as error:
-            self.status.value = "export failed: %s" % error
-
-    # ---------------------------------------------------------------- display
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
+    def _export_document(self, fmt):
+        return self._drawing.render(fmt, title="attention: %s" % self.title(),
+                                    data={"state": self.state})

@@ -12,7 +12,6 @@ No JavaScript is loaded: only ipywidgets' (and ipympl's) own lab extensions, and
 inline style for the monospace font.
 """
 import collections
-import contextlib
 import functools
 import html
 import os
@@ -21,8 +20,9 @@ import re
 import numpy as np
 
 from attnlab.validation import check_choice
-from attnlab.viz.figure_export import EXPORT_FORMATS, atomic_write_bytes, export_format
+from attnlab.viz.figure_export import EXPORT_FORMATS
 from attnlab.viz.head_metrics import HeadMetrics, head_metrics
+from attnlab.viz.view_widget import ViewWidget
 from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
 _STYLE = ("<style>.attnlab-metrics-table select, .attnlab-table-header pre "
@@ -38,7 +38,7 @@ def _cell(value, width):
     return str(value).rjust(width)
 
 
-class HeadMetricsTable:
+class HeadMetricsTable(ViewWidget):
     """Per-head metrics as a sortable, clickable table and a layers x heads metric map.
 
     Args:
@@ -70,6 +70,7 @@ class HeadMetricsTable:
                  export_dir=None, cmap="viridis", figsize=None, dpi=100):
         import ipywidgets as widgets
 
+        self._init_view()
         check_choice("backend", backend, BACKENDS)
         if isinstance(source, HeadMetrics):
             self.metrics = source
@@ -85,9 +86,6 @@ class HeadMetricsTable:
         self.metric = "entropy"
         first = self.metrics.rows[0]
         self.layer, self.head = first["layer"], first["head"]
-        self.last_export = None
-        self._observers = []
-        self._holding = False
         self._order = list(range(len(self.metrics.rows)))
         self._mode = choose_backend(backend)
         if figsize is None:
@@ -141,6 +139,7 @@ class HeadMetricsTable:
         self.export_button = widgets.Button(description="export", icon="download",
                                             tooltip="save the map and the table's data")
         self.status = widgets.HTML(value="")
+        self._export_format_control = self.controls["export_format"]
         for name, control in self.controls.items():
             css = "metrics-table" if name == "table" else name.replace("_", "-")
             control.add_class("attnlab-" + css)
@@ -227,18 +226,6 @@ class HeadMetricsTable:
             self._sync_table()
         self._refresh(redraw)
 
-    def observe(self, callback):
-        """Call `callback(state)` after every change (from the page or from Python)."""
-        self._observers.append(callback)
-
-    @contextlib.contextmanager
-    def _held(self):
-        holding, self._holding = self._holding, True
-        try:
-            yield
-        finally:
-            self._holding = holding
-
     # ---------------------------------------------------------------- events
     def _on_control(self, name, change):
         if self._holding:
@@ -298,9 +285,7 @@ class HeadMetricsTable:
         if redraw:
             self._draw_map()
         self.status.value = ""
-        state = self.state
-        for callback in self._observers:
-            callback(state)
+        self._notify()
 
     def _draw_map(self):
         from attnlab.viz.head_metrics import plot_metric_map
@@ -332,49 +317,21 @@ class HeadMetricsTable:
         return figure_bytes(self.figure, "png")
 
     # ---------------------------------------------------------------- export
-    def export(self, path=None, format=None):
-        """Save the map as PNG, SVG, PDF or self-contained HTML (with the sorted table's
-        rows, the map's values and the state as JSON).
+    def _export_name(self, fmt):
+        step = self.metrics.step
+        return "head-metrics-%s%s.%s" % (self.metric, "" if step is None else "-step%d" % step,
+                                         fmt)
 
-        Args:
-            path: target file (default: export_dir/head-metrics-<metric>[-step<N>].<fmt>).
-            format: "png", "svg", "pdf" or "html" (default: the path's suffix, else "png").
-
-        Returns:
-            The path written.
-        """
+    def _export_document(self, fmt):
+        """The HTML page holds the map as SVG, and the state, the sorted table's rows and the
+        map's values as JSON."""
         from attnlab.viz.figure_export import figure_bytes
 
-        if path is None:
-            fmt = export_format(None, format or "png")
-            step = self.metrics.step
-            name = "head-metrics-%s%s.%s" % (self.metric,
-                                             "" if step is None else "-step%d" % step, fmt)
-            path = os.path.join(self.export_dir, re.sub(r"[^A-Za-z0-9._-]+", "_", name))
-        fmt = export_format(path, format)
-        if fmt == "png":
-            data = self.png()
-        else:
-            values = self.map_data()
-            data = figure_bytes(self.figure, fmt, title="head metrics: %s" % self.metric,
-                                data={"state": self.state,
-                                      "rows": self.metrics.sort(self.sort_by, self.descending),
-                                      "map": [[None if m else float(v) for v, m in
-                                               zip(vals, masks)] for vals, masks in
-                                              zip(values.data, np.ma.getmaskarray(values))],
-                                      "layers": list(self.metrics.layers)})
-        self.last_export = atomic_write_bytes(os.fspath(path), data)
-        return self.last_export
-
-    def _export_clicked(self):
-        try:
-            path = self.export(format=self.controls["export_format"].value)
-            self.status.value = "saved <code>%s</code>" % path
-        except (OSError, ValueError) as error:
-            self.status.value = "export failed: %s" % error
-
-    # ---------------------------------------------------------------- display
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        values = self.map_data()
+        return figure_bytes(self.figure, fmt, title="head metrics: %s" % self.metric,
+                            data={"state": self.state,
+                                  "rows": self.metrics.sort(self.sort_by, self.descending),
+                                  "map": [[None if m else float(v) for v, m in
+                                           zip(vals, masks)] for vals, masks in
+                                          zip(values.data, np.ma.getmaskarray(values))],
+                                  "layers": list(self.metrics.layers)})

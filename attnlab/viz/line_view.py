@@ -19,19 +19,18 @@ How a token is clicked in the page:
   hovering over a label shows only that token's lines.
 The query and key dropdowns select any token, labelled or not.
 """
-import contextlib
 import functools
 import numbers
 import os
-import re
 
 import numpy as np
 
 from attnlab.validation import check_choice, check_number, check_positive_int
 from attnlab.viz.explorer_panel import ExplorerPanel, batch_size, explorer_frames
-from attnlab.viz.figure_export import EXPORT_FORMATS, atomic_write_bytes, export_format
+from attnlab.viz.figure_export import EXPORT_FORMATS
 from attnlab.viz.line_figure import LINE_VIEW_SCRIPT, LineFigure
 from attnlab.viz.line_selection import attention_lines
+from attnlab.viz.view_widget import ViewWidget
 from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
 STATE_ORDER = ("example", "layer", "step", "head", "heads", "token_window", "key_window",
@@ -40,7 +39,7 @@ NO_TOKEN = -1  # the token dropdowns' value for "no token selected"
 DEFAULT_WINDOW = 128  # tokens per column shown at first: about 10k lines stay interactive
 
 
-class TokenLineView:
+class TokenLineView(ViewWidget):
     """Attention drawn as lines between query and key tokens, one colour per head.
 
     Args:
@@ -84,6 +83,7 @@ class TokenLineView:
                  linewidth=1.0):
         import ipywidgets as widgets
 
+        self._init_view()
         check_choice("backend", backend, BACKENDS)
         if isinstance(pixel_ratio, bool) or not isinstance(pixel_ratio, numbers.Real) \
                 or not 0 < pixel_ratio <= 8:
@@ -94,15 +94,12 @@ class TokenLineView:
         frames, run_dir = explorer_frames(source, query_tokens, key_tokens)
         self._panel = ExplorerPanel(frames, "source")
         self.export_dir = export_dir or run_dir or os.getcwd()
-        self.last_export = None
         self.example = 0
         _, h, t, s = self._panel.weights().shape
         self.heads = tuple(range(h))
         self.token_window, self.key_window = _default_window(t), _default_window(s)
         self.threshold, self.max_lines = 0.01, 16
         self.selected_query = self.selected_key = None
-        self._observers = []
-        self._holding = False
         self._layout_key = None
         self._mode = choose_backend(backend)
         self._drawing = LineFigure(self._mode, figsize, dpi, pixel_ratio, max_labels,
@@ -162,6 +159,7 @@ class TokenLineView:
         self.export_button.add_class("attnlab-export")
         self.export_button.on_click(lambda _: self._export_clicked())
         self.status = widgets.HTML(value="")
+        self._export_format_control = self.export_format
         self.status.add_class("attnlab-status")
 
     def _arrange(self, widgets):
@@ -298,10 +296,6 @@ class TokenLineView:
         """(T, S) of the layer shown now."""
         return tuple(self._panel.weights().shape[2:])
 
-    def observe(self, callback):
-        """Call `callback(state)` after every change (from the page or from Python)."""
-        self._observers.append(callback)
-
     # ---------------------------------------------------------------- page events
     def _on_control(self, name, change):
         if self._holding:
@@ -337,15 +331,6 @@ class TokenLineView:
             self.hover = label
             if self.selected_query is None and self.selected_key is None:
                 self._refresh(notify=False)
-
-    @contextlib.contextmanager
-    def _held(self):
-        """Control changes inside the block are the view's own: they set no state."""
-        holding, self._holding = self._holding, True
-        try:
-            yield
-        finally:
-            self._holding = holding
 
     def _sync_controls(self):
         """Show the state in the controls (their events are held)."""
@@ -438,9 +423,7 @@ class TokenLineView:
                 self._place_token_buttons()
         self.status.value = ""
         if notify:
-            state = self.state
-            for callback in self._observers:
-                callback(state)
+            self._notify()
 
     def _place_token_buttons(self):
         """Transparent buttons over the token labels of the image ("image" mode)."""
@@ -496,50 +479,21 @@ class TokenLineView:
         return self._drawing.png()
 
     # ---------------------------------------------------------------- export
-    def export(self, path=None, format=None):
-        """Save exactly what is displayed, as PNG, SVG, PDF or self-contained HTML.
+    def _export_name(self, fmt):
+        step = self._panel.step
+        return "lines-%s-ex%d%s.%s" % (self._panel.layer, self.example,
+                                       "" if step is None else "-step%d" % step, fmt)
 
-        Args:
-            path: target file (default: export_dir/lines-<layer>-ex<example>[-step<N>].<fmt>).
-            format: "png", "svg", "pdf" or "html" (default: the path's suffix, else "png").
-                The HTML page holds the figure as SVG, the state, the tokens and the lines
-                as JSON, and a script: clicking a token label keeps only its lines.
-
-        Returns:
-            The path written.
-        """
-        if path is None:
-            fmt = export_format(None, format or "png")
-            step = self._panel.step
-            name = "lines-%s-ex%d%s.%s" % (self._panel.layer, self.example,
-                                           "" if step is None else "-step%d" % step, fmt)
-            path = os.path.join(self.export_dir, re.sub(r"[^A-Za-z0-9._-]+", "_", name))
-        fmt = export_format(path, format)
-        if fmt == "png":
-            data = self.png()
-        else:
-            query_tokens, key_tokens = self._tokens()
-            lines = [[int(h), int(q), int(k), float(a)] for h, q, k, a in self.lines()]
-            data = self._drawing.render(
-                fmt, title="attention lines: %s" % self.title(), script=LINE_VIEW_SCRIPT,
-                data={"state": self.state, "query_tokens": query_tokens,
-                      "key_tokens": key_tokens, "lines": lines,
-                      "labels": [[side, index] for side, index, _ in self._drawing.labels]})
-        self.last_export = atomic_write_bytes(os.fspath(path), data)
-        return self.last_export
-
-    def _export_clicked(self):
-        try:
-            path = self.export(format=self.export_format.value)
-            self.status.value = "saved <code>%s</code>" % path
-        except (OSError, ValueError) as error:
-            self.status.value = "export failed: %s" % error
-
-    # ---------------------------------------------------------------- display
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+    def _export_document(self, fmt):
+        """The HTML page holds the figure as SVG, the state, the tokens and the lines as
+        JSON, and a script: clicking a token label keeps only its lines."""
+        query_tokens, key_tokens = self._tokens()
+        lines = [[int(h), int(q), int(k), float(a)] for h, q, k, a in self.lines()]
+        return self._drawing.render(
+            fmt, title="attention lines: %s" % self.title(), script=LINE_VIEW_SCRIPT,
+            data={"state": self.state, "query_tokens": query_tokens,
+                  "key_tokens": key_tokens, "lines": lines,
+                  "labels": [[side, index] for side, index, _ in self._drawing.labels]})
 
 
 def _index(name, value, length):
