@@ -15,7 +15,11 @@ from attnlab.data.trigger import make_trigger
 from attnlab.models.classifier import AttentionClassifier
 from attnlab.train.config import ConfigError, validate_config
 from attnlab.train.observers import AttentionSummaries, RunCounters, run_folder_observers
-from attnlab.train.observers.attention_summaries import attention_image, cell_pixels
+from attnlab.train.observers.attention_summaries import (
+    attention_image,
+    block_mean,
+    cell_pixels,
+)
 from attnlab.train.trainer import Trainer
 from attnlab.viz.head_metrics import head_metrics
 from attnlab.viz.snapshots import load_attention_snapshots
@@ -195,3 +199,32 @@ def test_bad_arguments_are_named(tmp_path):
     config["train"] = {"attention_summaries": "no"}
     with pytest.raises(ConfigError, match="train.attention_summaries: expected bool"):
         validate_config(config)
+
+
+def test_large_maps_are_block_averaged_to_at_most_256_pixels():
+    rng = np.random.default_rng(0)
+    w = rng.random((2, 512, 300))
+    image = attention_image(w)
+    # f = ceil(512 / 256) = 2: 256 x 150 blocks, one pixel each.
+    assert image.shape == (256, 2 * 150 + 1, 3)
+    means = block_mean(w)
+    np.testing.assert_allclose(means[1, 3, 7], w[1, 6:8, 14:16].mean())
+    uneven = block_mean(rng.random((1, 513, 4)))           # f = 3: the last row block is 0
+    assert uneven.shape == (1, 171, 2)
+    np.testing.assert_array_equal(block_mean(w[:, :256, :256]), w[:, :256, :256])
+
+
+def test_snapshots_and_summaries_share_one_probe_pass_per_step(tmp_path, monkeypatch):
+    from attnlab.train.observers import attention_snapshots
+
+    calls = []
+    original = attention_snapshots.probe_attention
+
+    def counting(model, probe):
+        calls.append(1)
+        return original(model, probe)
+
+    monkeypatch.setattr(attention_snapshots, "probe_attention", counting)
+    _fit(str(tmp_path))
+    assert len(calls) == 3          # before training and after each epoch, not twice each
+    assert len(load_attention_snapshots(str(tmp_path))) == 3

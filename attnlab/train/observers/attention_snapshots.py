@@ -19,12 +19,14 @@ class AttentionSnapshots(RunObserver):
         run_path: the run folder.
         probe: (x, query_tokens, key_tokens): a fixed batch and its tokens.
         every: epochs between snapshots (None: only the one before training).
+        probe_pass: a ProbePass shared with other observers of the same probe (the
+            TensorBoard summaries), so the probe runs once per step; default its own.
 
     Example:
         >>> observer = AttentionSnapshots("runs/demo", (x[:4], tokens, tokens), every=2)
     """
 
-    def __init__(self, run_path, probe, every=1):
+    def __init__(self, run_path, probe, every=1, probe_pass=None):
         super().__init__()
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or
                                   every <= 0):
@@ -32,6 +34,7 @@ class AttentionSnapshots(RunObserver):
         self.run_path = str(run_path)
         self.probe = probe
         self.every = every
+        self.probe_pass = probe_pass or ProbePass(probe)
 
     def on_train_begin(self, logs=None):
         if self.epochs_done == 0 and self.global_step == 0:
@@ -47,8 +50,31 @@ class AttentionSnapshots(RunObserver):
 
         _, query_tokens, key_tokens = self.probe
         save_attention_snapshot(self.run_path, self.global_step, epoch,
-                                probe_attention(self.model, self.probe), query_tokens,
-                                key_tokens)
+                                self.probe_pass.weights(self.model, self.global_step),
+                                query_tokens, key_tokens)
+
+
+class ProbePass:
+    """The probe's attention at a global step, computed once for every observer that asks.
+
+    Example:
+        >>> shared = ProbePass(probe)
+        >>> shared.weights(model, 100) is shared.weights(model, 100)   # one forward pass
+        True
+    """
+
+    def __init__(self, probe):
+        self.probe = probe
+        self._key = None
+        self._weights = None
+
+    def weights(self, model, step):
+        """`probe_attention(model, probe)` at `step`, reused while model and step stay."""
+        key = (id(model), step)
+        if key != self._key:
+            self._weights = probe_attention(model, self.probe)
+            self._key = key
+        return self._weights
 
 
 def probe_attention(model, probe):

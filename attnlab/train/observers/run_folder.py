@@ -1,5 +1,5 @@
 """The observers that write a run folder, in the order they must run."""
-from attnlab.train.observers.attention_snapshots import AttentionSnapshots
+from attnlab.train.observers.attention_snapshots import AttentionSnapshots, ProbePass
 from attnlab.train.observers.attention_summaries import AttentionSummaries
 from attnlab.train.observers.run_log import RunLog
 from attnlab.train.observers.run_status import RunStatus
@@ -36,8 +36,10 @@ def run_folder_observers(run, probe=None, snapshot_every=1, finish=True,
     scalars = TensorBoardScalars(run.tensorboard_dir)
     observers = [scalars, RunLog(run)]
     if probe is not None:
-        observers.append(AttentionSnapshots(run.path, probe, snapshot_every))
+        shared = ProbePass(probe)  # one probe pass per step for snapshots and summaries
+        observers.append(AttentionSnapshots(run.path, probe, snapshot_every, shared))
         if attention_summaries:
-            observers.append(AttentionSummaries(scalars, probe, snapshot_every))
+            observers.append(AttentionSummaries(scalars, probe, snapshot_every,
+                                                probe_pass=shared))
     observers.append(RunStatus(run, finish=finish))
     return observers
