@@ -401,8 +401,9 @@ class TokenLineView(ViewWidget):
         drawing = self._drawing
         tokens = self._tokens()
         drawing.set_head_count(self._panel.weights().shape[1])
-        layout_key = (self._panel.layer, self._panel.step_index, self.example,
-                      self.query_window, self.key_window)
+        # The labels (and the drawn background) depend only on the windows and tokens: a
+        # layer, step or example of the same tokens keeps them.
+        layout_key = (self.query_window, self.key_window, tuple(tokens[0]), tuple(tokens[1]))
         relayout = layout_key != self._layout_key or drawing.windows != (
             self.query_window, self.key_window)
         if relayout:

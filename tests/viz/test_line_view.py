@@ -89,8 +89,8 @@ def test_threshold_drops_weaker_lines_and_alpha_is_the_weight():
     expected = _reference(w["enc0"][0], range(4), (0, 6), (0, 6), 0.2)
     _assert_lines(view, expected)
     assert 0 < len(expected) < len(_reference(w["enc0"][0], range(4), (0, 6), (0, 6), 0.01))
-    colors = np.concatenate([np.asarray(c.get_colors()) for c in view._drawing.collections
-                             if len(c.get_segments())])
+    colors = np.concatenate([np.asarray(c.get_edgecolor()) for c in view._drawing.collections
+                             if len(c.get_paths())])
     np.testing.assert_allclose(colors[:, 3], expected[:, 3], rtol=1e-6)
 
 
@@ -317,6 +317,53 @@ def test_heads_drawn_as_layers_look_like_a_full_render():
         shown, full = _pixels(view.png()), _full_render(view)
         assert np.mean(np.abs(shown - full).max(-1) > 8) < 1e-3, change
     assert set(view._drawing._layers) == {0, 1, 2, 3}
+
+
+def test_line_paths_are_built_once_per_window_and_the_cache_is_bounded():
+    n = 30
+    rng = np.random.default_rng(7)
+    w = {"m": _softmax(rng.normal(size=(1, 2, n, n)) * 2)}
+    tokens = ["t%d" % i for i in range(n)]
+    view = TokenLineView(w, tokens, tokens, backend="image", threshold=0.02)
+    paths = {id(p) for c in view._drawing.collections for p in c.get_paths()}
+    view.set_state(threshold=0.05)  # fewer lines, each the path drawn before
+    again = [p for c in view._drawing.collections for p in c.get_paths()]
+    assert 0 < len(again) < len(paths) and {id(p) for p in again} <= paths
+    _assert_lines(view, _reference(w["m"][0], range(2), (0, n), (0, n), 0.05, 16))
+    view._drawing.max_cached_paths = 25  # fewer than one head's lines: rebuilt each time
+    for change in ({"threshold": 0.0}, {"query_window": (5, 20)}, {"max_lines": None},
+                   {"threshold": 0.03}):
+        view.set_state(**change)
+        state = view.state
+        _assert_lines(view, _reference(w["m"][0], range(2), state["query_window"],
+                                       state["key_window"], state["threshold"],
+                                       state["max_lines"]))
+        if change == {"threshold": 0.0}:
+            # 16 keys per query and head, not the same for both heads: the cache keeps
+            # only the last head's paths instead of their union.
+            pairs = {(q, k) for _, q, k, _ in view.lines()}
+            assert len(pairs) > 30 * 16 == np.count_nonzero(view._drawing._path_made)
+        shown, full = _pixels(view.png()), _full_render(view)
+        assert np.mean(np.abs(shown - full).max(-1) > 8) < 1e-3, change
+
+
+def test_a_layer_or_example_of_the_same_tokens_keeps_the_labels():
+    rng = np.random.default_rng(8)
+    w = {"a": _softmax(rng.normal(size=(2, 2, 6, 6)) * 2),
+         "b": _softmax(rng.normal(size=(2, 2, 6, 6)) * 2)}
+    view = _view(w)
+    labels = [text for _, _, text in view._drawing.labels]
+    view.set_state(layer="b", example=1)
+    assert [text for _, _, text in view._drawing.labels] == labels  # the same Text objects
+    _assert_lines(view, _reference(w["b"][1], range(2), (0, 6), (0, 6), 0.01, 16))
+    shown, full = _pixels(view.png()), _full_render(view)
+    assert np.mean(np.abs(shown - full).max(-1) > 8) < 1e-3
+    other = TokenLineView(w, query_tokens=[TOKENS, SOURCE[:6]], key_tokens=TOKENS,
+                          backend="image")
+    other.set_state(example=1)  # other query tokens: labelled anew
+    assert [t for _, t in other.token_labels()[0]] == SOURCE[:6]
+    shown, full = _pixels(other.png()), _full_render(other)
+    assert np.mean(np.abs(shown - full).max(-1) > 8) < 1e-3
 
 
 def test_token_buttons_lie_over_the_labels_and_select():
