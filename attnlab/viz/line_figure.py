@@ -18,7 +18,9 @@ static part (labels, column headers) once and, on an update, restores it and dra
 the lines, the highlighted tokens, the legend and the title before encoding the PNG.
 Rasterizing a line costs Agg about 10 microseconds, so a head with many lines is drawn
 into a layer of its own that is kept while its lines stay the same: switching heads on
-and off then composites layers instead of drawing thousands of lines again.
+and off then composites layers instead of drawing thousands of lines again. A line's
+matplotlib Path (a few microseconds to build) depends only on its two tokens and the
+windows, so each is built once and kept while the windows stay (`LineFigure._line_paths`).
 """
 import numpy as np
 
