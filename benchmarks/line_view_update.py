@@ -59,8 +59,8 @@ def bench(size, window, warmup, repeats):
     """{update name: (Timing, lines drawn)} for one size and token window."""
     tokens = ["t%d" % i for i in range(size)]
     view = TokenLineView({"layer0": band_attention(size)}, tokens, tokens, backend="image",
-                         token_window=window)
-    start, stop = view.state["token_window"]
+                         query_window=window)
+    start, stop = view.state["query_window"]
     queries = [start + (stop - start) * i // 7 for i in range(1, 7)]
     results = {"select token": _median_ms(
         [{"selected_query": q} for q in queries], view, warmup, repeats)}

@@ -9,16 +9,18 @@ Layout (the query column on the left attends to the key column on the right):
     ...
     head 0   head 1   head 2 ...  (legend, unselected heads in grey)
 
-Each head's lines are one LineCollection (gid "attnlab-lines-h<head>"), each token label a
-Text (gid "attnlab-query-<i>" / "attnlab-key-<i>"), so an SVG export can find them; the
-HTML export's script (`LINE_VIEW_SCRIPT`) isolates a token's lines on click.
+Each head's lines are one collection of straight paths (gid "attnlab-lines-h<head>"),
+each token label a Text (gid "attnlab-query-<i>" / "attnlab-key-<i>"), so an SVG export
+can find them; the HTML export's script (`LINE_VIEW_SCRIPT`) isolates a token's lines on click.
 
 Like the explorer's figure (`attnlab.viz.explorer_figure`), the "image" mode draws the
 static part (labels, column headers) once and, on an update, restores it and draws only
 the lines, the highlighted tokens, the legend and the title before encoding the PNG.
 Rasterizing a line costs Agg about 10 microseconds, so a head with many lines is drawn
 into a layer of its own that is kept while its lines stay the same: switching heads on
-and off then composites layers instead of drawing thousands of lines again.
+and off then composites layers instead of drawing thousands of lines again. A line's
+matplotlib Path (a few microseconds to build) depends only on its two tokens and the
+windows, so each is built once and kept while the windows stay (`LineFigure._line_paths`).
 """
 import numpy as np
 
@@ -53,6 +55,7 @@ class LineFigure:
     """
 
     layer_min_lines = 400  # a head with fewer lines is drawn directly on every update
+    max_cached_paths = 65536  # line paths kept for reuse (about 40 MB at most)
 
     def __init__(self, mode, figsize, dpi, pixel_ratio, max_labels, linewidth):
         from matplotlib.figure import Figure
@@ -90,6 +93,7 @@ class LineFigure:
         self.collections, self.legend, self.colors = [], [], []
         self.labels = []  # (side, token index, Text) of the drawn labels
         self.windows = ((0, 1), (0, 1))
+        self._forget_paths()
         self._background = None
         self._layers = {}  # head -> (its lines' key, offset, gain) of the axes area
         self._line_keys = {}
@@ -108,7 +112,8 @@ class LineFigure:
     # ---------------------------------------------------------------- layout
     def set_head_count(self, count):
         """One line collection and one legend entry per head of the layer shown."""
-        from matplotlib.collections import LineCollection
+        import matplotlib
+        from matplotlib.collections import PathCollection
 
         if count == len(self.collections):
             return
@@ -118,8 +123,11 @@ class LineFigure:
         self.collections, self.legend = [], []
         self._layers, self._line_keys = {}, {}
         for h in range(count):
-            collection = LineCollection(np.zeros((0, 2, 2)), linewidths=self.linewidth,
-                                        capstyle="round")
+            # Drawn as a LineCollection would be (same zorder, no face, lines' antialiasing),
+            # but takes ready Path objects: see `_line_paths`.
+            collection = PathCollection([], facecolors="none", linewidths=self.linewidth,
+                                        capstyle="round", zorder=2, antialiaseds=bool(
+                                            matplotlib.rcParams["lines.antialiased"]))
             collection.set_gid("attnlab-lines-h%d" % h)
             self.collections.append(self.ax.add_collection(collection))
             x = (h + 0.5) / count * 0.9 + 0.05
@@ -134,6 +142,7 @@ class LineFigure:
             text.remove()
         self.labels = []
         self.windows = (tuple(query_window), tuple(key_window))
+        self._forget_paths()
         for side, tokens, (start, stop), x, ha in (
                 ("query", query_tokens, query_window, -LABEL_GAP, "right"),
                 ("key", key_tokens, key_window, 1 + LABEL_GAP, "left")):
@@ -179,15 +188,12 @@ class LineFigure:
             key = (self.windows, mine.tobytes())
             if key == self._line_keys.get(h):
                 continue  # new paths cost microseconds per line: keep the drawn ones
-            segments = np.empty((len(mine), 2, 2))
-            segments[:, 0, 0], segments[:, 1, 0] = 0.0, 1.0
-            segments[:, 0, 1] = self.y("query", mine[:, 1])
-            segments[:, 1, 1] = self.y("key", mine[:, 2])
             colors = np.empty((len(mine), 4))
             colors[:, :3] = self.colors[h]
             colors[:, 3] = np.clip(mine[:, 3], 0.0, 1.0)
-            collection.set_segments(segments)
-            collection.set_color(colors)
+            collection.set_paths(self._line_paths(mine[:, 1].astype(int),
+                                                  mine[:, 2].astype(int)))
+            collection.set_edgecolor(colors)
             self._line_keys[h] = key
         for h, text in enumerate(self.legend):
             text.set_color(self.colors[h] if h in heads else UNSELECTED_HEAD)
@@ -212,6 +218,40 @@ class LineFigure:
                 self.figure.draw_artist(artist)
         self._png = png_bytes(self.canvas, run_length=True)
         return self._png
+
+    def _forget_paths(self):
+        """Empty the cache of line paths (new windows move every line)."""
+        (q0, q1), (k0, k1) = self.windows
+        self._paths = np.empty((q1 - q0, k1 - k0), dtype=object)  # query, key -> Path
+        self._path_made = np.zeros((q1 - q0, k1 - k0), dtype=bool)
+
+    def _line_paths(self, queries, keys):
+        """The Path of each line query -> key in the windows shown, as a list.
+
+        A Path costs matplotlib a few microseconds to build (a LineCollection builds one
+        per segment on every `set_segments`, about a tenth of a full redraw), and a line's
+        path depends only on its two tokens and the windows: each is built once and kept
+        until the windows change, so a new threshold, head, layer or example reuses the
+        paths of the lines drawn before. The cache starts anew when it would grow beyond
+        `max_cached_paths` (or one head's lines, when they are more).
+        """
+        from matplotlib.path import Path
+
+        (q0, _), (k0, _) = self.windows
+        rows, cols = queries - q0, keys - k0
+        new = np.flatnonzero(~self._path_made[rows, cols])
+        if new.size:
+            if np.count_nonzero(self._path_made) + new.size > self.max_cached_paths:
+                self._forget_paths()
+                new = np.arange(rows.size)
+            ends = np.empty((new.size, 2, 2))
+            ends[:, 0, 0], ends[:, 1, 0] = 0.0, 1.0
+            ends[:, 0, 1] = self.y("query", queries[new])
+            ends[:, 1, 1] = self.y("key", keys[new])
+            for row, col, vertices in zip(rows[new].tolist(), cols[new].tolist(), ends):
+                self._paths[row, col] = Path(vertices)
+            self._path_made[rows[new], cols[new]] = True
+        return self._paths[rows, cols].tolist()
 
     def _draw_lines(self):
         """Each head's lines over the restored background, in head order."""
@@ -281,11 +321,11 @@ class LineFigure:
         """(N, 4) rows (head, query, key, alpha) read back from the line collections."""
         rows = []
         for h, collection in enumerate(self.collections):
-            segments = collection.get_segments() if collection.get_visible() else []
-            if not len(segments):
+            paths = collection.get_paths() if collection.get_visible() else []
+            if not len(paths):
                 continue
-            ends = np.asarray(segments)
-            alpha = np.asarray(collection.get_colors())[:, 3]
+            ends = np.array([path.vertices for path in paths])
+            alpha = np.asarray(collection.get_edgecolor())[:, 3]
             part = np.empty((len(ends), 4))
             part[:, 0] = h
             part[:, 1] = self.index("query", ends[:, 0, 1])

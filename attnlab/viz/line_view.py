@@ -5,7 +5,7 @@ opacity the weight, its colour the head. Selecting a query (key) token keeps onl
 from (into) it. Cross-attention works as self-attention: T decoder tokens against S encoder
 tokens. Long sequences stay interactive because only weights above `threshold` are drawn,
 each query keeps at most its `max_lines` strongest keys per head, and the columns show a
-window of the tokens (`token_window`, `key_window`).
+window of the tokens (`query_window`, `key_window`).
 
 The view follows `AttentionExplorer`'s conventions: the same sources, a `state` of plain
 values with `set_state` and `observe`, `backend="auto"|"ipympl"|"image"` and `export` to
@@ -33,7 +33,7 @@ from attnlab.viz.line_selection import attention_lines
 from attnlab.viz.view_widget import ViewWidget
 from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
-STATE_ORDER = ("example", "layer", "step", "head", "heads", "token_window", "key_window",
+STATE_ORDER = ("example", "layer", "step", "head", "heads", "query_window", "key_window",
                "threshold", "max_lines", "selected_query", "selected_key")
 NO_TOKEN = -1  # the token dropdowns' value for "no token selected"
 DEFAULT_WINDOW = 128  # tokens per column shown at first: about 10k lines stay interactive
@@ -53,7 +53,7 @@ class TokenLineView(ViewWidget):
         threshold: lines of weight below it are not drawn (0 <= threshold <= 1).
         max_lines: at most this many lines per query token and head, its strongest keys
             (None: every line above the threshold).
-        token_window: (start, stop) of the query tokens shown (default: the first 128);
+        query_window: (start, stop) of the query tokens shown (default: the first 128);
             for self-attention the key column follows it unless `key_window` is given.
         key_window: (start, stop) of the key tokens shown (default: the first 128).
         export_dir: folder the export button writes to (default: the run folder for a run
@@ -78,7 +78,7 @@ class TokenLineView(ViewWidget):
     """
 
     def __init__(self, source, query_tokens=None, key_tokens=None, backend="auto",
-                 threshold=0.01, max_lines=16, token_window=None, key_window=None,
+                 threshold=0.01, max_lines=16, query_window=None, key_window=None,
                  export_dir=None, figsize=(5.0, 6.4), dpi=100, pixel_ratio=1, max_labels=40,
                  linewidth=1.0):
         import ipywidgets as widgets
@@ -97,7 +97,7 @@ class TokenLineView(ViewWidget):
         self.example = 0
         _, h, t, s = self._panel.weights().shape
         self.heads = tuple(range(h))
-        self.token_window, self.key_window = _default_window(t), _default_window(s)
+        self.query_window, self.key_window = _default_window(t), _default_window(s)
         self.threshold, self.max_lines = 0.01, 16
         self.selected_query = self.selected_key = None
         self._layout_key = None
@@ -113,8 +113,8 @@ class TokenLineView(ViewWidget):
         self._build_controls(widgets)
         self._arrange(widgets)
         initial = {"threshold": threshold, "max_lines": max_lines}
-        if token_window is not None:
-            initial["token_window"] = token_window
+        if query_window is not None:
+            initial["query_window"] = query_window
         if key_window is not None:
             initial["key_window"] = key_window
         self.set_state(**initial)
@@ -137,7 +137,7 @@ class TokenLineView(ViewWidget):
                                                   description="query")
         self.controls["key"] = widgets.Dropdown(options=[("all keys", NO_TOKEN)],
                                                 description="key")
-        self.controls["token_window"] = widgets.IntRangeSlider(
+        self.controls["query_window"] = widgets.IntRangeSlider(
             min=0, max=1, value=(0, 1), description="queries", continuous_update=False)
         self.controls["key_window"] = widgets.IntRangeSlider(
             min=0, max=1, value=(0, 1), description="keys", continuous_update=False)
@@ -178,7 +178,7 @@ class TokenLineView(ViewWidget):
         self.view.add_class("attnlab-line-canvas")
         column = [self.controls[n] for n in ("example", "layer", "step") if n in self.controls]
         column += [self.head_box] + [self.controls[n] for n in (
-            "query", "key", "token_window", "key_window", "threshold")]
+            "query", "key", "query_window", "key_window", "threshold")]
         column += [widgets.HBox([self.export_format, self.export_button]), self.status]
         self.widget = widgets.HBox(
             [widgets.VBox(column, layout=widgets.Layout(flex="0 0 auto")), self.view],
@@ -190,7 +190,7 @@ class TokenLineView(ViewWidget):
     def state(self):
         """The current selection as plain Python values (JSON-serializable)."""
         return {"example": self.example, "layer": self._panel.layer, "step": self._panel.step,
-                "heads": list(self.heads), "token_window": list(self.token_window),
+                "heads": list(self.heads), "query_window": list(self.query_window),
                 "key_window": list(self.key_window), "threshold": self.threshold,
                 "max_lines": self.max_lines, "selected_query": self.selected_query,
                 "selected_key": self.selected_key}
@@ -201,7 +201,7 @@ class TokenLineView(ViewWidget):
 
     def set_state(self, **changes):
         """Set any of: example, layer, step, head (one head) or heads (a list, or "all"),
-        token_window, key_window, threshold, max_lines, selected_query, selected_key.
+        query_window, key_window, threshold, max_lines, selected_query, selected_key.
 
         Values are checked before anything changes; one redraw follows. A new example
         clears the selected tokens; a layer of other lengths shows its first tokens.
@@ -219,7 +219,7 @@ class TokenLineView(ViewWidget):
         new = self._checked(changes)
         self._panel.layer = new["layer"]
         self._panel.step_index = new["step_index"]
-        for name in ("example", "heads", "token_window", "key_window", "threshold",
+        for name in ("example", "heads", "query_window", "key_window", "threshold",
                      "max_lines", "selected_query", "selected_key"):
             setattr(self, name, new[name])
         self._refresh()
@@ -228,7 +228,7 @@ class TokenLineView(ViewWidget):
         """The state after `changes`, every value checked; nothing is changed yet."""
         panel = self._panel
         new = {"example": self.example, "layer": panel.layer, "step_index": panel.step_index,
-               "heads": self.heads, "token_window": self.token_window,
+               "heads": self.heads, "query_window": self.query_window,
                "key_window": self.key_window, "threshold": self.threshold,
                "max_lines": self.max_lines, "selected_query": self.selected_query,
                "selected_key": self.selected_key}
@@ -250,7 +250,7 @@ class TokenLineView(ViewWidget):
         _, h, t, s = panel.frames[new["step_index"]].weights[new["layer"]].shape
         if (t, s) != self._lengths():
             # Another layer's tokens: its first ones, nothing selected.
-            new.update(token_window=_default_window(t), key_window=_default_window(s),
+            new.update(query_window=_default_window(t), key_window=_default_window(s),
                        selected_query=None,
                        selected_key=None)
         shown = panel.weights().shape[1]
@@ -263,13 +263,13 @@ class TokenLineView(ViewWidget):
             new["heads"] = (_index("head", changes["head"], h),)
         if "heads" in changes:
             new["heads"] = _heads(changes["heads"], h)
-        if "token_window" in changes:
-            new["token_window"] = _window("token_window", changes["token_window"], t)
+        if "query_window" in changes:
+            new["query_window"] = _window("query_window", changes["query_window"], t)
             if t == s and "key_window" not in changes:
-                new["key_window"] = new["token_window"]
+                new["key_window"] = new["query_window"]
         if "key_window" in changes:
             new["key_window"] = _window("key_window", changes["key_window"], s)
-        for name, window in (("selected_query", new["token_window"]),
+        for name, window in (("selected_query", new["query_window"]),
                              ("selected_key", new["key_window"])):
             if new[name] is not None and not window[0] <= new[name] < window[1]:
                 new[name] = None  # the window moved away from the selected token
@@ -280,7 +280,7 @@ class TokenLineView(ViewWidget):
             new["max_lines"] = changes["max_lines"]
             if new["max_lines"] is not None:
                 check_positive_int("max_lines", new["max_lines"])
-        for name, window in (("selected_query", new["token_window"]),
+        for name, window in (("selected_query", new["query_window"]),
                              ("selected_key", new["key_window"])):
             if name in changes and changes[name] is not None:
                 value = _index(name, changes[name], window[1])
@@ -303,7 +303,7 @@ class TokenLineView(ViewWidget):
         value = change["new"]
         if name in ("query", "key"):
             self.set_state(**{"selected_" + name: None if value == NO_TOKEN else value})
-        elif name in ("token_window", "key_window"):
+        elif name in ("query_window", "key_window"):
             self.set_state(**{name: tuple(value)})
         else:
             self.set_state(**{name: value})
@@ -342,7 +342,7 @@ class TokenLineView(ViewWidget):
             c["layer"].value = self._panel.layer
             if "step" in c:
                 c["step"].value = self._panel.step
-            for name, n in (("token_window", t), ("key_window", s)):
+            for name, n in (("query_window", t), ("key_window", s)):
                 window = getattr(self, name)
                 if c[name].max != n:
                     # Widen first: the old value must stay valid while the bounds move.
@@ -350,7 +350,7 @@ class TokenLineView(ViewWidget):
                     c[name].max = n
                 c[name].value = window
             for name, tokens, window, none in (
-                    ("query", query_tokens, self.token_window, "all queries"),
+                    ("query", query_tokens, self.query_window, "all queries"),
                     ("key", key_tokens, self.key_window, "all keys")):
                 options = [(none, NO_TOKEN)] + [("%d: %s" % (i, tokens[i]), i)
                                                 for i in range(*window)]
@@ -401,20 +401,21 @@ class TokenLineView(ViewWidget):
         drawing = self._drawing
         tokens = self._tokens()
         drawing.set_head_count(self._panel.weights().shape[1])
-        layout_key = (self._panel.layer, self._panel.step_index, self.example,
-                      self.token_window, self.key_window)
+        # The labels (and the drawn background) depend only on the windows and tokens: a
+        # layer, step or example of the same tokens keeps them.
+        layout_key = (self.query_window, self.key_window, tuple(tokens[0]), tuple(tokens[1]))
         relayout = layout_key != self._layout_key or drawing.windows != (
-            self.token_window, self.key_window)
+            self.query_window, self.key_window)
         if relayout:
             self._layout_key = layout_key
             self.hover = None
-            drawing.set_tokens(tokens[0], tokens[1], self.token_window, self.key_window)
+            drawing.set_tokens(tokens[0], tokens[1], self.query_window, self.key_window)
         selected = (self.selected_query, self.selected_key)
         if selected == (None, None) and self.hover is not None:
             selected = (self.hover[1], None) if self.hover[0] == "query" else \
                 (None, self.hover[1])
         lines = attention_lines(self._panel.weights()[self.example], self.heads,
-                                self.token_window, self.key_window, self.threshold,
+                                self.query_window, self.key_window, self.threshold,
                                 self.max_lines, *selected)
         png = drawing.draw(lines, self.heads, selected, tokens, self._title())
         if png is not None:

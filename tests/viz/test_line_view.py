@@ -74,7 +74,7 @@ def test_initial_view_draws_every_weight_above_the_threshold():
     w = _weights()
     view = _view(w)
     assert view.state == {"example": 0, "layer": "enc0", "step": None, "heads": [0, 1, 2, 3],
-                          "token_window": [0, 6], "key_window": [0, 6], "threshold": 0.01,
+                          "query_window": [0, 6], "key_window": [0, 6], "threshold": 0.01,
                           "max_lines": 16, "selected_query": None, "selected_key": None}
     _assert_lines(view, _reference(w["enc0"][0], range(4), (0, 6), (0, 6), 0.01))
     assert view.token_labels() == (list(enumerate(TOKENS)), list(enumerate(TOKENS)))
@@ -89,8 +89,8 @@ def test_threshold_drops_weaker_lines_and_alpha_is_the_weight():
     expected = _reference(w["enc0"][0], range(4), (0, 6), (0, 6), 0.2)
     _assert_lines(view, expected)
     assert 0 < len(expected) < len(_reference(w["enc0"][0], range(4), (0, 6), (0, 6), 0.01))
-    colors = np.concatenate([np.asarray(c.get_colors()) for c in view._drawing.collections
-                             if len(c.get_segments())])
+    colors = np.concatenate([np.asarray(c.get_edgecolor()) for c in view._drawing.collections
+                             if len(c.get_paths())])
     np.testing.assert_allclose(colors[:, 3], expected[:, 3], rtol=1e-6)
 
 
@@ -146,9 +146,9 @@ def test_long_self_attention_is_windowed_and_its_labels_thinned():
     w = {"long": _softmax(rng.normal(size=(1, 4, n, n)) * 3)}
     tokens = ["t%d" % i for i in range(n)]
     view = TokenLineView(w, tokens, tokens, backend="image", max_labels=20)
-    assert view.state["token_window"] == [0, 128] and view.state["key_window"] == [0, 128]
+    assert view.state["query_window"] == [0, 128] and view.state["key_window"] == [0, 128]
     _assert_lines(view, _reference(w["long"][0], range(4), (0, 128), (0, 128), 0.01, 16))
-    view.set_state(token_window=(100, 164))  # the key column follows for self-attention
+    view.set_state(query_window=(100, 164))  # the key column follows for self-attention
     assert view.state["key_window"] == [100, 164]
     _assert_lines(view, _reference(w["long"][0], range(4), (100, 164), (100, 164), 0.01, 16))
     queries, keys = view.token_labels()
@@ -156,7 +156,7 @@ def test_long_self_attention_is_windowed_and_its_labels_thinned():
     view.set_state(key_window=(0, 300), selected_query=150, max_lines=None)
     _assert_lines(view, _reference(w["long"][0], range(4), (100, 164), (0, 300), 0.01,
                                    query=150))
-    view.set_state(token_window=(0, 50))  # the selected query is no longer shown
+    view.set_state(query_window=(0, 50))  # the selected query is no longer shown
     assert view.state["selected_query"] is None
 
 
@@ -169,7 +169,7 @@ def test_cross_attention_has_two_lengths_and_labels():
     assert view._drawing.query_header.get_text() == "queries 0-3 of 4"
     assert view._drawing.key_header.get_text() == "keys 0-8 of 9"
     _assert_lines(view, _reference(w["cross"][0], range(2), (0, 4), (0, 9), 0.01))
-    view.set_state(token_window=(1, 3), selected_key=7)  # keys keep their own window
+    view.set_state(query_window=(1, 3), selected_key=7)  # keys keep their own window
     assert view.state["key_window"] == [0, 9]
     _assert_lines(view, _reference(w["cross"][0], range(2), (1, 3), (0, 9), 0.01, key=7))
     with pytest.raises(ValueError, match="selected_query 5 is out of range for 3"):
@@ -194,14 +194,14 @@ def test_state_round_trip_and_observers():
     seen = []
     view.observe(seen.append)
     state = {"example": 1, "layer": "enc1", "step": None, "heads": [1],
-             "token_window": [1, 5], "key_window": [0, 6], "threshold": 0.05,
+             "query_window": [1, 5], "key_window": [0, 6], "threshold": 0.05,
              "max_lines": 3, "selected_query": 2, "selected_key": None}
     view.state = state
     assert view.state == state and seen[-1] == state
     assert json.loads(json.dumps(view.state)) == state
     view.controls["query"].value = 3  # from the page
     assert seen[-1]["selected_query"] == 3
-    assert view.controls["token_window"].value == (1, 5)
+    assert view.controls["query_window"].value == (1, 5)
 
 
 def test_steps_of_a_snapshot_list():
@@ -224,11 +224,11 @@ def test_bad_state_values_are_named():
              ({"heads": [0, 9]}, ValueError, "heads 9 is out of range for 4"),
              ({"heads": 2}, TypeError, "heads must be a list"),
              ({"example": True}, TypeError, "example must be an integer"),
-             ({"token_window": (3, 3)}, ValueError, r"token_window must be \(start, stop\)"),
+             ({"query_window": (3, 3)}, ValueError, r"query_window must be \(start, stop\)"),
              ({"key_window": (0, 7)}, ValueError, "key_window .* <= 6"),
              ({"threshold": 1.5}, ValueError, "threshold must be a number in"),
              ({"max_lines": 0}, ValueError, "max_lines must be a positive integer"),
-             ({"token_window": (2, 4), "selected_query": 1}, ValueError,
+             ({"query_window": (2, 4), "selected_query": 1}, ValueError,
               r"selected_query 1 is outside the window \[2, 4\)"),
              ({"zoom": 2}, ValueError, "unknown line view state.*'zoom'"),
              ({"head": 0, "heads": [1]}, ValueError, "not both")]
@@ -317,6 +317,53 @@ def test_heads_drawn_as_layers_look_like_a_full_render():
         shown, full = _pixels(view.png()), _full_render(view)
         assert np.mean(np.abs(shown - full).max(-1) > 8) < 1e-3, change
     assert set(view._drawing._layers) == {0, 1, 2, 3}
+
+
+def test_line_paths_are_built_once_per_window_and_the_cache_is_bounded():
+    n = 30
+    rng = np.random.default_rng(7)
+    w = {"m": _softmax(rng.normal(size=(1, 2, n, n)) * 2)}
+    tokens = ["t%d" % i for i in range(n)]
+    view = TokenLineView(w, tokens, tokens, backend="image", threshold=0.02)
+    paths = {id(p) for c in view._drawing.collections for p in c.get_paths()}
+    view.set_state(threshold=0.05)  # fewer lines, each the path drawn before
+    again = [p for c in view._drawing.collections for p in c.get_paths()]
+    assert 0 < len(again) < len(paths) and {id(p) for p in again} <= paths
+    _assert_lines(view, _reference(w["m"][0], range(2), (0, n), (0, n), 0.05, 16))
+    view._drawing.max_cached_paths = 25  # fewer than one head's lines: rebuilt each time
+    for change in ({"threshold": 0.0}, {"query_window": (5, 20)}, {"max_lines": None},
+                   {"threshold": 0.03}):
+        view.set_state(**change)
+        state = view.state
+        _assert_lines(view, _reference(w["m"][0], range(2), state["query_window"],
+                                       state["key_window"], state["threshold"],
+                                       state["max_lines"]))
+        if change == {"threshold": 0.0}:
+            # 16 keys per query and head, not the same for both heads: the cache keeps
+            # only the last head's paths instead of their union.
+            pairs = {(q, k) for _, q, k, _ in view.lines()}
+            assert len(pairs) > 30 * 16 == np.count_nonzero(view._drawing._path_made)
+        shown, full = _pixels(view.png()), _full_render(view)
+        assert np.mean(np.abs(shown - full).max(-1) > 8) < 1e-3, change
+
+
+def test_a_layer_or_example_of_the_same_tokens_keeps_the_labels():
+    rng = np.random.default_rng(8)
+    w = {"a": _softmax(rng.normal(size=(2, 2, 6, 6)) * 2),
+         "b": _softmax(rng.normal(size=(2, 2, 6, 6)) * 2)}
+    view = _view(w)
+    labels = [text for _, _, text in view._drawing.labels]
+    view.set_state(layer="b", example=1)
+    assert [text for _, _, text in view._drawing.labels] == labels  # the same Text objects
+    _assert_lines(view, _reference(w["b"][1], range(2), (0, 6), (0, 6), 0.01, 16))
+    shown, full = _pixels(view.png()), _full_render(view)
+    assert np.mean(np.abs(shown - full).max(-1) > 8) < 1e-3
+    other = TokenLineView(w, query_tokens=[TOKENS, SOURCE[:6]], key_tokens=TOKENS,
+                          backend="image")
+    other.set_state(example=1)  # other query tokens: labelled anew
+    assert [t for _, t in other.token_labels()[0]] == SOURCE[:6]
+    shown, full = _pixels(other.png()), _full_render(other)
+    assert np.mean(np.abs(shown - full).max(-1) > 8) < 1e-3
 
 
 def test_token_buttons_lie_over_the_labels_and_select():
@@ -436,7 +483,7 @@ def test_any_state_draws_the_reference_lines(example, heads, start, length, thre
     view = _view(w)
     stop = min(6, start + length)
     query = query if query is not None and start <= query < stop else None
-    view.set_state(example=example, heads=heads, token_window=(start, stop),
+    view.set_state(example=example, heads=heads, query_window=(start, stop),
                    threshold=threshold, max_lines=max_lines, selected_query=query)
     _assert_lines(view, _reference(w["enc0"][example], sorted(set(heads)), (start, stop),
                                    (start, stop), threshold, max_lines, query=query))
