@@ -106,8 +106,13 @@ def draw_anatomy(figure, arrays, cmap="RdBu_r", max_ticks=24):
     positions = np.arange(length)
     for offset, (name, values, title) in enumerate(bars):
         ax = figure.add_subplot(grid[1, len(heat) + offset], sharey=first)
-        colors = np.where(visible, BAR_COLORS[name], HIDDEN_COLOR)
-        patches = ax.barh(positions, values, height=0.8, color=list(colors))
+        # A -inf bias (an additive mask) hides its key: no bar, a label instead.
+        finite = np.isfinite(values)
+        colors = np.where(visible & finite, BAR_COLORS[name], HIDDEN_COLOR)
+        patches = ax.barh(positions, np.where(finite, values, 0.0), height=0.8,
+                          color=list(colors))
+        for row in np.flatnonzero(~finite):
+            ax.text(0.0, row, " %s" % values[row], fontsize=6, va="center")
         drawn[name] = np.array([patch.get_width() for patch in patches])
         ax.axvline(0.0, color="black", linewidth=0.6)
         ax.xaxis.set_major_locator(MaxNLocator(3))

@@ -269,7 +269,7 @@ def plot_attention_difference(comparison, layer=None, example=0, heads=None, nco
     limit = limit or 1.0  # identical maps: any symmetric scale shows 0 as the centre
     _, _, t, s = diff.shape
     query = axis_labels(comparison.a, example, t)
-    key = axis_labels(comparison.a, example, s)
+    key = axis_labels(comparison.a, example, s, "key")
     ncols = min(ncols, len(heads))
     nrows = int(math.ceil(len(heads) / float(ncols)))
     fig, axes = plt.subplots(nrows, ncols, squeeze=False,

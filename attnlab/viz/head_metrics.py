@@ -84,10 +84,16 @@ def source_snapshot(source, query_tokens=None, key_tokens=None, step=None, name=
     return snapshots[steps.index(step)]
 
 
-def axis_labels(snapshot, example, length):
-    """Token labels of an axis of `length` (the snapshot's query or key tokens, else
-    positions), as the explorer labels it."""
-    for tokens in (snapshot.query_tokens, snapshot.key_tokens):
+def axis_labels(snapshot, example, length, side="query"):
+    """Token labels of the `side` ("query" or "key") axis of `length`: that side's tokens
+    when they fit, else the other side's, else positions (as the explorer labels it).
+
+    Trying the axis's own side first keeps cross-attention right when T == S: the keys
+    are the encoder's tokens, not the decoder's."""
+    own, other = snapshot.query_tokens, snapshot.key_tokens
+    if side == "key":
+        own, other = other, own
+    for tokens in (own, other):
         if len(tokens[example]) == length:
             return tokens[example]
     return [str(i) for i in range(length)]
@@ -184,7 +190,7 @@ def _sink_keys(snapshot, layer, sink_tokens):
     names = {t for t in sink_tokens if isinstance(t, str)}
     keys = np.zeros((batch, s), bool)
     for b in range(batch):
-        labels = axis_labels(snapshot, b, s)
+        labels = axis_labels(snapshot, b, s, "key")
         keys[b] = [label in names for label in labels]
     for position in (t for t in sink_tokens if not isinstance(t, str)):
         if not -s <= position < s:
@@ -215,7 +221,7 @@ def _check_sink_tokens(sink_tokens, snapshot):
     seen = set()
     for w in snapshot.weights.values():
         for b in range(w.shape[0]):
-            seen.update(axis_labels(snapshot, b, w.shape[3]))
+            seen.update(axis_labels(snapshot, b, w.shape[3], "key"))
     missing = [t for t in checked if isinstance(t, str) and t not in seen]
     if missing:
         sample = sorted(seen)[:12]

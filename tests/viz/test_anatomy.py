@@ -296,3 +296,19 @@ def test_anatomy_json_turns_a_hiding_minus_inf_bias_into_none():
     assert data["bias"] == [0.5, None] and data["logits"] == [1.5, None]
     assert data["weights"] == [1.0, 0.0]
     json.dumps(data, allow_nan=False)
+
+
+def test_a_minus_inf_bias_is_drawn_as_a_hidden_key_and_exports(tmp_path):
+    # An additive mask passed as attention_bias: -inf hides key 1 of every query.
+    layer = MultiHeadAttention(1, 4, name="masked")
+    x = np.random.default_rng(0).normal(size=(1, 3, 4)).astype("float32")
+    bias = np.zeros((1, 1, 1, 3), "float32")
+    bias[..., 1] = -np.inf
+    inputs = tf.keras.Input((3, 4))
+    model = tf.keras.Model(inputs, layer(inputs, inputs, attention_bias=tf.constant(bias)))
+    captured = capture_attention(model, x, with_qk=True)
+    view = QueryKeyAnatomy(captured, backend="image")
+    assert view.arrays.weights[1] == 0.0 and np.isneginf(view.arrays.bias[1])
+    assert np.all(np.isfinite(view.drawn["bias"])) and view.drawn["bias"][1] == 0.0
+    page = open(view.export(str(tmp_path / "masked.html")), encoding="utf-8").read()
+    assert '"bias": [0.0, null, 0.0]' in page

@@ -13,7 +13,7 @@ from attnlab.viz.head_metrics import (
     plot_head_similarity,
     plot_metric_map,
 )
-from attnlab.viz.snapshots import AttentionSnapshot, save_attention_snapshot
+from attnlab.viz.snapshots import AttentionSnapshot, make_snapshot, save_attention_snapshot
 
 TOKENS = [["[CLS]", "the", "cat", "[SEP]", "<pad>"], ["[CLS]", "a", "dog", "ran", "[SEP]"]]
 
@@ -337,3 +337,15 @@ def test_importing_the_metrics_and_comparison_loads_neither_tensorflow_nor_widge
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_sink_tokens_of_cross_attention_are_the_keys_tokens_when_t_equals_s():
+    # Decoder queries and encoder keys of the same length: a sink token is looked up among
+    # the encoder's (key) tokens, not the decoder's.
+    weights = np.zeros((1, 1, 3, 3))
+    weights[0, 0, :, 2] = 1.0                       # every query on key 2
+    snapshot = make_snapshot({"cross": weights}, ["<s>", "a", "b"], ["x", "y", "</s>"])
+    metrics = head_metrics(snapshot, sink_tokens=["</s>"], similarity=None)
+    assert metrics.row("cross", 0)["sink_share"] == 1.0
+    with pytest.raises(ValueError, match="sink"):
+        head_metrics(snapshot, sink_tokens=["b"], similarity=None)   # a query-side token
