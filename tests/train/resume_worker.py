@@ -21,6 +21,15 @@ from attnlab.train.trainer import Trainer  # noqa: E402
 
 EPOCHS = 3
 BATCH = 16
+# Seconds slept after each training step: 60 steps then take about 2 s, longer than the
+# tests' kill delays (up to 0.8 s after the first checkpoint) on any machine; without it
+# a fast machine finished the whole run in 0.3 s, before the kill.
+STEP_PACE_S = 0.03
+
+
+class StepPace(tf.keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(STEP_PACE_S)
 
 
 def build(run_dir):
@@ -60,7 +69,7 @@ def main(run_dir, out, pause_at=None):
         pause_before_index(run_dir, int(pause_at))
     task, trainer = build(run_dir)
     trainer.fit(task.train_fn(BATCH, seed=11), epochs=EPOCHS,
-                validation=task.dataset("validation", 32))
+                validation=task.dataset("validation", 32), callbacks=[StepPace()])
     np.savez(out, *trainer.model.get_weights(), step=int(trainer.step.numpy()),
              loss=trainer.history.get("loss", [np.nan])[-1] if trainer.history else np.nan)
 
