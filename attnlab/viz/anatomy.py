@@ -28,7 +28,6 @@ from attnlab.validation import check_choice
 from attnlab.viz.anatomy_figure import draw_anatomy
 from attnlab.viz.explorer_figure import png_bytes
 from attnlab.viz.figure_export import (
-    EXPORT_FORMATS,
     figure_bytes,
 )
 from attnlab.viz.query_key import QueryKeySnapshot, masked_softmax
@@ -256,21 +255,12 @@ class QueryKeyAnatomy(ViewWidget):
             description="layer")
         self.controls["head"] = widgets.Dropdown(description="head")
         self.controls["query"] = widgets.Dropdown(description="query")
-        self.controls["export_format"] = widgets.Dropdown(
-            options=list(EXPORT_FORMATS), value="png", description="format",
-            layout=widgets.Layout(width="160px"))
-        self.export_button = widgets.Button(description="export", icon="download",
-                                            tooltip="save exactly this figure")
-        self.status = widgets.HTML(value="")
-        self._export_format_control = self.controls["export_format"]
+        self.controls["export_format"] = self._build_export_controls(widgets)
         self._sync_options()
         for name, control in self.controls.items():
             control.add_class("attnlab-" + name.replace("_", "-"))
             if name != "export_format":
                 control.observe(functools.partial(self._on_control, name), names="value")
-        self.export_button.add_class("attnlab-export")
-        self.status.add_class("attnlab-status")
-        self.export_button.on_click(lambda _: self._export_clicked())
 
     def _arrange(self, widgets):
         if self._mode == "ipympl":

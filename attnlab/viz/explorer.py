@@ -18,7 +18,6 @@ import os
 from attnlab.validation import check_choice
 from attnlab.viz.explorer_figure import ExplorerFigure
 from attnlab.viz.explorer_panel import ExplorerPanel, batch_size, explorer_frames
-from attnlab.viz.figure_export import EXPORT_FORMATS
 from attnlab.viz.view_widget import ViewWidget
 from attnlab.viz.widget_backend import BACKENDS, choose_backend
 
@@ -126,20 +125,11 @@ class AttentionExplorer(ViewWidget):
             min=0, max=1, value=(0, 1), description="queries", continuous_update=False)
         self.controls["key_window"] = widgets.IntRangeSlider(
             min=0, max=1, value=(0, 1), description="keys", continuous_update=False)
-        self.controls["export_format"] = widgets.Dropdown(
-            options=list(EXPORT_FORMATS), value="png", description="format",
-            layout=widgets.Layout(width="160px"))
-        self.export_button = widgets.Button(description="export", icon="download",
-                                            tooltip="save exactly this figure")
-        self._export_format_control = self.controls["export_format"]
-        self.status = widgets.HTML(value="")
+        self.controls["export_format"] = self._build_export_controls(widgets)
         for name, control in self.controls.items():
             control.add_class("attnlab-" + name.replace("_", "-"))
             if name != "export_format":
                 control.observe(functools.partial(self._on_control, name), names="value")
-        self.export_button.add_class("attnlab-export")
-        self.status.add_class("attnlab-status")
-        self.export_button.on_click(lambda _: self._export_clicked())
 
     def _arrange(self, widgets):
         """The map's view and the explorer's widget: a column of controls, then the map."""

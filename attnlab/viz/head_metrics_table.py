@@ -20,7 +20,6 @@ import re
 import numpy as np
 
 from attnlab.validation import check_choice
-from attnlab.viz.figure_export import EXPORT_FORMATS
 from attnlab.viz.head_metrics import HeadMetrics, head_metrics
 from attnlab.viz.view_widget import ViewWidget
 from attnlab.viz.widget_backend import BACKENDS, choose_backend
@@ -132,23 +131,15 @@ class HeadMetricsTable(ViewWidget):
         self.controls["table"] = widgets.Select(
             options=[], rows=min(16, len(self.metrics.rows)),
             layout=widgets.Layout(width="auto", min_width="420px"))
-        self.controls["export_format"] = widgets.Dropdown(
-            options=list(EXPORT_FORMATS), value="png", description="format",
-            layout=widgets.Layout(width="160px"))
+        self.controls["export_format"] = self._build_export_controls(
+            widgets, tooltip="save the map and the table's data")
         self.header = widgets.HTML(value="")
-        self.export_button = widgets.Button(description="export", icon="download",
-                                            tooltip="save the map and the table's data")
-        self.status = widgets.HTML(value="")
-        self._export_format_control = self.controls["export_format"]
         for name, control in self.controls.items():
             css = "metrics-table" if name == "table" else name.replace("_", "-")
             control.add_class("attnlab-" + css)
             if name != "export_format":
                 control.observe(functools.partial(self._on_control, name), names="value")
         self.header.add_class("attnlab-table-header")
-        self.export_button.add_class("attnlab-export")
-        self.status.add_class("attnlab-status")
-        self.export_button.on_click(lambda _: self._export_clicked())
 
     def _arrange(self, widgets):
         if self._mode == "ipympl":

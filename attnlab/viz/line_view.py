@@ -27,7 +27,6 @@ import numpy as np
 
 from attnlab.validation import check_choice, check_number, check_positive_int
 from attnlab.viz.explorer_panel import ExplorerPanel, batch_size, explorer_frames
-from attnlab.viz.figure_export import EXPORT_FORMATS
 from attnlab.viz.line_figure import LINE_VIEW_SCRIPT, LineFigure
 from attnlab.viz.line_selection import attention_lines
 from attnlab.viz.view_widget import ViewWidget
@@ -150,17 +149,7 @@ class TokenLineView(ViewWidget):
         self.head_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap",
                                                            max_width="300px"))
         self.head_box.add_class("attnlab-heads")
-        self.export_format = widgets.Dropdown(options=list(EXPORT_FORMATS), value="png",
-                                              description="format",
-                                              layout=widgets.Layout(width="160px"))
-        self.export_format.add_class("attnlab-export-format")
-        self.export_button = widgets.Button(description="export", icon="download",
-                                            tooltip="save exactly this figure")
-        self.export_button.add_class("attnlab-export")
-        self.export_button.on_click(lambda _: self._export_clicked())
-        self.status = widgets.HTML(value="")
-        self._export_format_control = self.export_format
-        self.status.add_class("attnlab-status")
+        self.export_format = self._build_export_controls(widgets)
 
     def _arrange(self, widgets):
         self._widgets = widgets

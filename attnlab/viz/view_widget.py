@@ -7,14 +7,14 @@ ViewWidget and provides:
 - `_export_name(fmt)`: the default file name of an export in `fmt`;
 - `_export_document(fmt)`: the view as "svg", "pdf" or "html" bytes (through
   `attnlab.viz.figure_export`, with the view's data as JSON in the HTML page);
-- the attributes `export_dir`, `status` (an ipywidgets.HTML), `widget` and
-  `_export_format_control` (the format dropdown), and calls `_init_view()` first.
+- the attributes `export_dir` and `widget`; it calls `_init_view()` first and
+  `_build_export_controls(widgets)` for the format dropdown, export button and status.
 """
 import contextlib
 import os
 import re
 
-from attnlab.viz.figure_export import atomic_write_bytes, export_format
+from attnlab.viz.figure_export import EXPORT_FORMATS, atomic_write_bytes, export_format
 
 
 class ViewWidget:
@@ -45,6 +45,20 @@ class ViewWidget:
             yield
         finally:
             self._holding = holding
+
+    def _build_export_controls(self, widgets, tooltip="save exactly this figure"):
+        """The format dropdown (returned), `export_button` and `status`, wired and classed."""
+        self._export_format_control = widgets.Dropdown(
+            options=list(EXPORT_FORMATS), value="png", description="format",
+            layout=widgets.Layout(width="160px"))
+        self._export_format_control.add_class("attnlab-export-format")
+        self.export_button = widgets.Button(description="export", icon="download",
+                                            tooltip=tooltip)
+        self.export_button.add_class("attnlab-export")
+        self.export_button.on_click(lambda _: self._export_clicked())
+        self.status = widgets.HTML(value="")
+        self.status.add_class("attnlab-status")
+        return self._export_format_control
 
     def export(self, path=None, format=None):
         """Save exactly what is displayed, as PNG, SVG, PDF or self-contained HTML.
